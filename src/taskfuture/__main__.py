@@ -1,0 +1,3 @@
+from taskfuture.cli import main
+
+main()

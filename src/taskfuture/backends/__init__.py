@@ -1,0 +1,1 @@
+"""Storage engines. Each implements :class:`taskfuture.backends.base.TaskStorage`."""

@@ -1,0 +1,380 @@
+"""TaskFuture and the per-process waiter that resolves every open future.
+
+A :class:`TaskFuture` is a real :class:`concurrent.futures.Future`: it works
+with ``concurrent.futures.wait``, ``as_completed``, ``asyncio.wrap_future``
+and ``await``. The :class:`Waiter` of its service keeps it up to date with
+one batched status query per poll interval for all open futures together,
+and at once when the engine pushes a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from taskfuture import codec
+from taskfuture.errors import (
+    TaskCancelledError,
+    TaskNotCompletedError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+)
+from taskfuture.models import Progress, TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from taskfuture.backends.base import TaskStorage
+    from taskfuture.service import TaskService
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: Most status queries the waiter makes per second, however many futures are open.
+MAX_QUERIES_PER_S = 10.0
+#: Ids per status query.
+QUERY_BATCH = 5000
+#: With push wake-up, how often the waiter still re-checks every open future.
+SAFETY_RECHECK_S = 5.0
+
+ProgressCallback = Callable[["TaskFuture[Any]", Progress], object]
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Return ``timeout`` if it is None or a finite number >= 0, else raise ValueError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ValueError(f"invalid timeout {timeout!r}: expected None or a number of seconds >= 0")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"invalid timeout {timeout!r}: expected None or a number of seconds >= 0")
+    return float(timeout)
+
+
+class TaskFuture(concurrent.futures.Future[R]):
+    """A handle on a task that runs in a worker, usable wherever a Future is.
+
+    ``done()``, ``running()`` and ``progress()`` answer from the last state the
+    waiter saw, at most one poll interval old. ``status()`` reads storage now.
+    """
+
+    def __init__(self, service: TaskService, task_id: str, status: TaskStatus = TaskStatus.PENDING) -> None:
+        super().__init__()
+        self._service = service
+        self.task_id = task_id
+        self._status = status
+        self._progress: Progress | None = None
+        self._progress_text: str | None = None
+        self._progress_callbacks: list[ProgressCallback] = []
+        #: How many times a worker has claimed the task, as last seen.
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture {self.task_id} {self._status.value}>"
+
+    # -- reading state -------------------------------------------------------
+
+    def status(self) -> TaskStatus:
+        """Read the task's status from storage now.
+
+        Raises:
+            TaskNotFoundError: the task does not exist or was cleaned after expiry.
+        """
+        if super().done():
+            return self._status
+        record = self._service.storage.get(self.task_id)
+        if record is None:
+            error = TaskNotFoundError(self.task_id)
+            self._service._resolve_missing(self)
+            raise error
+        self._service._apply(self, record)
+        return record.status
+
+    def running(self) -> bool:
+        """Whether a worker was running the task when the waiter last looked."""
+        return not super().done() and self._status is TaskStatus.RUNNING
+
+    def progress(self) -> Progress | None:
+        """The last progress the task reported, or None if it reported none."""
+        return self._progress
+
+    # -- waiting ---------------------------------------------------------------
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait up to ``timeout`` seconds (None: no limit) and return the task's result.
+
+        Raises:
+            TaskTimeoutError: the task did not finish in time; it goes on running.
+            TaskCancelledError: the task was cancelled.
+            TaskFailedError: the task raised; builtin and registered exception
+                types are raised as themselves, also catchable as TaskFailedError.
+            TaskNotFoundError: the task does not exist or was cleaned after expiry.
+            ValueError: ``timeout`` is negative or not a number.
+        """
+        self._wait(check_timeout(timeout))
+        if super().cancelled():
+            raise TaskCancelledError(self.task_id)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like :meth:`result` and return the task's exception, or None if it completed."""
+        self._wait(check_timeout(timeout))
+        if super().cancelled():
+            raise TaskCancelledError(self.task_id)
+        return super().exception(0)
+
+    def result_now(self) -> R:
+        """Return the result without waiting.
+
+        Raises:
+            TaskNotCompletedError: the task has not finished.
+        """
+        if not super().done():
+            status = self.status()
+            if not super().done():
+                raise TaskNotCompletedError(self.task_id, status.value)
+        return self.result(0)
+
+    def _wait(self, timeout: float | None) -> None:
+        if super().done():
+            return
+        if timeout is None:
+            with self._condition:
+                while not super().done():
+                    self._condition.wait()
+            return
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not super().done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+        if not super().done():
+            # One direct read at the deadline, so a task that finished in the
+            # last poll interval is returned rather than reported as timed out.
+            self.status()
+        if not super().done():
+            raise TaskTimeoutError(self.task_id, timeout)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self._await().__await__()
+
+    async def _await(self) -> R:
+        """Await completion without cancelling the task if the awaiting coroutine is cancelled."""
+        if not super().done():
+            waiter = asyncio.wrap_future(self._observer())
+            await asyncio.shield(waiter)
+        return self.result(0)
+
+    def _observer(self) -> concurrent.futures.Future[None]:
+        """Return a plain future that completes when this one does, whatever the outcome."""
+        observer: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def finish(_: concurrent.futures.Future[Any]) -> None:
+            if not observer.done():
+                observer.set_result(None)
+
+        self.add_done_callback(finish)
+        return observer
+
+    # -- commands --------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the task unless it already finished; return True if it is now cancelled.
+
+        A queued task is never run. A running task is marked CANCELLED at once
+        and its worker is told to stop it: async tasks get CancelledError at
+        their next await, sync tasks see ``context.cancelled()`` become True.
+        Code already running may go on until it next checks.
+        """
+        if super().done():
+            return super().cancelled()
+        return self._service._cancel(self)
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[R]], object]) -> None:
+        """Call ``fn(future)`` when the task finishes, in the waiter thread (or now if done)."""
+        self._service._waiter.pin(self)
+        super().add_done_callback(fn)
+
+    def add_progress_callback(self, fn: ProgressCallback) -> None:
+        """Call ``fn(future, progress)`` in the waiter thread whenever new progress arrives."""
+        self._service._waiter.pin(self)
+        self._progress_callbacks.append(fn)
+
+    # -- resolution, called by the waiter and the service ----------------------
+
+    def _update(self, record: TaskRecord) -> list[ProgressCallback]:
+        """Take the state of ``record``; return the progress callbacks to run."""
+        self._status = record.status
+        self.attempts = record.attempts
+        if record.progress is None or record.progress == self._progress_text:
+            return []
+        self._progress_text = record.progress
+        try:
+            self._progress = Progress.from_dict(codec.decode(record.progress))
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("Task %s has unreadable progress %r: %s", self.task_id, record.progress[:200], exc)
+            return []
+        return list(self._progress_callbacks)
+
+    def _set_outcome(self, status: TaskStatus, value: Any = None, error: BaseException | None = None) -> None:
+        with self._condition:
+            if super().done():
+                return
+            self._status = status
+            if status is TaskStatus.CANCELLED:
+                concurrent.futures.Future.cancel(self)
+                self.set_running_or_notify_cancel()
+            elif error is not None:
+                self.set_exception(error)
+            else:
+                self.set_result(value)
+
+
+class Waiter:
+    """Resolves every open future of one service from a background thread.
+
+    Open futures are held weakly unless a callback is attached, so a future the
+    application dropped costs nothing. Each pass reads all open futures in
+    batched queries; passes are spaced so that the process makes at most
+    ``MAX_QUERIES_PER_S`` status queries a second.
+    """
+
+    def __init__(self, service: TaskService, storage: TaskStorage, poll_interval_s: float) -> None:
+        self._service = service
+        self._storage = storage
+        self._poll_interval_s = poll_interval_s
+        self._lock = threading.Lock()
+        self._futures: dict[str, list[weakref.ref[TaskFuture[Any]]]] = {}
+        self._pinned: set[TaskFuture[Any]] = set()
+        self._changed: set[str] = set()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        #: Status queries made so far; tests and benchmarks read it.
+        self.status_queries = 0
+
+    def track(self, future: TaskFuture[Any]) -> None:
+        with self._lock:
+            was_idle = not self._futures
+            self._futures.setdefault(future.task_id, []).append(weakref.ref(future))
+            if self._thread is None and not self._closed:
+                self._start()
+        if was_idle:
+            self._wake.set()
+
+    def pin(self, future: TaskFuture[Any]) -> None:
+        """Hold ``future`` strongly until it resolves, because a callback waits on it."""
+        if future.done():
+            return
+        with self._lock:
+            self._pinned.add(future)
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._futures)
+
+    def notify(self, task_ids: Sequence[str]) -> None:
+        """Ask for an immediate read of ``task_ids``; push listeners call it."""
+        with self._lock:
+            self._changed.update(task_id for task_id in task_ids if task_id in self._futures)
+            if not self._changed:
+                return
+        self._wake.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _start(self) -> None:
+        self._unsubscribe = self._storage.subscribe(self.notify)
+        self._thread = threading.Thread(target=self._loop, name="taskfuture-waiter", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        full_pass_due = 0.0
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                changed, self._changed = self._changed, set()
+            now = time.monotonic()
+            if now >= full_pass_due:
+                ids = self._open_ids()
+                queries = self._poll(ids)
+                interval = SAFETY_RECHECK_S if self._unsubscribe else self._poll_interval_s
+                full_pass_due = time.monotonic() + max(interval, queries / MAX_QUERIES_PER_S)
+            elif changed:
+                self._poll(sorted(changed))
+            wait_s = max(0.0, full_pass_due - time.monotonic())
+            if not self._futures:
+                wait_s = 3600.0
+            self._wake.wait(wait_s)
+            self._wake.clear()
+
+    def _open_ids(self) -> list[str]:
+        with self._lock:
+            dead = [
+                task_id
+                for task_id, refs in self._futures.items()
+                if all(ref() is None for ref in refs)
+            ]
+            for task_id in dead:
+                del self._futures[task_id]
+            return list(self._futures)
+
+    def _poll(self, ids: list[str]) -> int:
+        """Read ``ids`` in batches and resolve what finished; return the number of queries."""
+        queries = 0
+        for start in range(0, len(ids), QUERY_BATCH):
+            batch = ids[start : start + QUERY_BATCH]
+            queries += 1
+            self.status_queries += 1
+            try:
+                records = self._storage.get_many(batch)
+            except Exception:
+                logger.exception("Waiter failed to read %d task(s); retrying next poll", len(batch))
+                continue
+            self._dispatch(batch, records)
+        return queries
+
+    def _dispatch(self, batch: list[str], records: list[TaskRecord]) -> None:
+        found = {record.task_id: record for record in records}
+        for task_id in batch:
+            for future in self._futures_of(task_id):
+                record = found.get(task_id)
+                try:
+                    if record is None:
+                        self._service._resolve_missing(future)
+                    else:
+                        self._service._apply(future, record)
+                except Exception:
+                    logger.exception("Waiter failed to resolve task %s", task_id)
+            if task_id not in found or found[task_id].status.terminal:
+                self._forget(task_id)
+
+    def _futures_of(self, task_id: str) -> list[TaskFuture[Any]]:
+        with self._lock:
+            refs = self._futures.get(task_id, [])
+            return [future for ref in refs if (future := ref()) is not None]
+
+    def _forget(self, task_id: str) -> None:
+        with self._lock:
+            refs = self._futures.pop(task_id, [])
+            for ref in refs:
+                future = ref()
+                if future is not None:
+                    self._pinned.discard(future)

@@ -1,0 +1,179 @@
+"""Plain data shared by the service, the worker and every backend: no I/O here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import time
+import uuid
+from typing import Any
+
+
+class TaskStatus(str, enum.Enum):
+    """The lifecycle state of a task.
+
+    ``PENDING`` -> ``RUNNING`` -> ``COMPLETED`` | ``FAILED``; ``PENDING`` ->
+    ``CANCELLED``; ``RUNNING`` -> ``CANCELLED``. Terminal states never change.
+    """
+
+    #: Queued, waiting for a worker or for its next attempt.
+    PENDING = "PENDING"
+    #: Claimed by a worker that holds a lease on it.
+    RUNNING = "RUNNING"
+    #: Finished and returned a result.
+    COMPLETED = "COMPLETED"
+    #: Finished by raising, or lost with its attempts spent.
+    FAILED = "FAILED"
+    #: Cancelled before it could finish.
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the state is final."""
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+TERMINAL_STATUSES = _TERMINAL
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """The last progress a running task reported."""
+
+    #: Units of work done so far.
+    done: float
+    #: Units of work in all, or None when unknown.
+    total: float | None = None
+    #: A short human-readable note.
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` between 0 and 1, or None when the total is unknown."""
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, self.done / self.total))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "total": self.total, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        return cls(float(data["done"]), data.get("total"), str(data.get("message", "")))
+
+
+@dataclasses.dataclass(slots=True)
+class TaskRecord:
+    """One task as stored: its state, its payload and its outcome.
+
+    ``payload``, ``result``, ``error`` and ``progress`` hold JSON text made by
+    :mod:`taskfuture.codec`; times are POSIX timestamps in seconds.
+    """
+
+    task_id: str
+    name: str
+    queue: str
+    status: TaskStatus
+    #: JSON text ``{"args": [...], "kwargs": {...}}``.
+    payload: str
+    #: Bumped by every state transition; transitions compare and set it.
+    version: int = 0
+    #: How many times a worker claimed the task.
+    attempts: int = 0
+    max_attempts: int = 1
+    created_at: float = 0.0
+    #: Earliest time a worker may claim the task.
+    available_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: When a terminal task may be deleted; None while the task is not terminal.
+    expires_at: float | None = None
+    #: When the claiming worker's lease runs out; None unless RUNNING.
+    lease_until: float | None = None
+    worker_id: str | None = None
+    result: str | None = None
+    error: str | None = None
+    progress: str | None = None
+
+    def copy(self) -> TaskRecord:
+        return dataclasses.replace(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of state, applied only if the task still has ``expected_version``.
+
+    Fields left as ``KEEP`` are not changed. Applying it bumps the version by one.
+    """
+
+    status: TaskStatus
+    attempts: int | None = None
+    available_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    lease_until: float | None = None
+    worker_id: str | None = None
+    result: str | None = None
+    error: str | None = None
+    #: Clear lease and worker (used when leaving RUNNING).
+    release: bool = False
+
+
+def new_task_id() -> str:
+    """Return a new time-ordered UUID (version 7) as text."""
+    milliseconds = time.time_ns() // 1_000_000
+    value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80
+    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value &= ~(0xF << 76)
+    value |= 0x7 << 76
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62
+    return str(uuid.UUID(int=value))
+
+
+def normalize_task_id(task_id: object) -> str:
+    """Return the canonical text of a task id, or raise ValueError naming the bad value."""
+    if isinstance(task_id, uuid.UUID):
+        return str(task_id)
+    if not isinstance(task_id, str):
+        raise ValueError(f"invalid task id {task_id!r}: expected a UUID string")
+    shown = task_id if len(task_id) <= 60 else task_id[:57] + "..."
+    if len(task_id) != 36:
+        raise ValueError(
+            f"invalid task id {shown!r}: expected a 36-character UUID such as "
+            "'0190b2a4-5c1e-7d2f-9a3b-4c5d6e7f8091'"
+        )
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        raise ValueError(
+            f"invalid task id {shown!r}: expected a UUID such as "
+            "'0190b2a4-5c1e-7d2f-9a3b-4c5d6e7f8091'"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A task's exception as data: enough to report it and, when allowed, rebuild it."""
+
+    #: Module of the exception type, such as ``builtins`` or ``myapp.errors``.
+    module: str
+    #: Qualified name of the exception type, such as ``ValueError``.
+    type_name: str
+    message: str
+    #: The traceback formatted in the worker.
+    traceback: str = ""
+    #: The exception's ``args`` as JSON text, or None when they could not be encoded.
+    args: str | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        if self.module in ("builtins", ""):
+            return self.type_name
+        return f"{self.module}.{self.type_name}"

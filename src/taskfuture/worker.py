@@ -1,0 +1,463 @@
+"""The worker: claims tasks, runs them, records outcomes, keeps leases alive.
+
+Sync tasks run in a thread pool and async tasks on one event loop thread; in
+all at most ``concurrency`` tasks run at once. A heartbeat thread extends the
+leases of running tasks, stops tasks that were cancelled, and puts back the
+tasks of workers whose leases ran out. Expired records are swept on an
+interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from taskfuture import codec
+from taskfuture.context import TaskContext, reset_current_context, set_current_context
+from taskfuture.errors import (
+    ConcurrentModificationError,
+    StorageError,
+    TaskNotFoundError,
+)
+from taskfuture.models import Progress, TaskRecord, TaskStatus, Transition
+from taskfuture.service import Task, TaskService
+
+logger = logging.getLogger(__name__)
+
+#: Attempts to store an outcome while the engine fails, and the pause between them.
+FINISH_RETRIES = 5
+FINISH_RETRY_PAUSE_S = 0.5
+
+
+@dataclasses.dataclass
+class _Running:
+    record: TaskRecord
+    context: TaskContext
+    async_task: asyncio.Task[Any] | None = None
+    cancelled: bool = False
+
+
+class Worker:
+    """Runs the tasks of ``service`` from ``queues`` until stopped.
+
+    Args:
+        service: the service whose registered tasks this worker runs.
+        queues: queues to consume; defaults to the service's configured queues.
+        concurrency: most tasks running at once.
+        shutdown_timeout_s: on stop, how long running tasks may finish before
+            they are released back to their queue.
+    """
+
+    def __init__(
+        self,
+        service: TaskService,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 4,
+        shutdown_timeout_s: float = 30.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"invalid concurrency {concurrency!r}: expected a whole number >= 1")
+        self.service = service
+        self.storage = service.storage
+        self.settings = service.settings
+        self.queues = tuple(queues or self.settings.queues)
+        self.concurrency = concurrency
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.worker_id = worker_id or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.heartbeat_interval_s = min(self.settings.lease_s / 3, 1.0)
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._slot_freed = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="taskfuture-task")
+        self._loop = asyncio.new_event_loop()
+        #: Outcomes stored so far, by status; tests and the CLI read it.
+        self.counts: dict[str, int] = {status.value: 0 for status in TaskStatus}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker's threads and return; stop it with :meth:`stop`."""
+        self.storage.setup()
+        logger.info(
+            "Worker %s starting on %s, queues %s, concurrency %d",
+            self.worker_id,
+            self.storage.description,
+            ",".join(self.queues),
+            self.concurrency,
+        )
+        for target, name in (
+            (self._loop.run_forever, "taskfuture-loop"),
+            (self._fetch_loop, "taskfuture-fetch"),
+            (self._heartbeat_loop, "taskfuture-heartbeat"),
+            (self._sweep_loop, "taskfuture-sweep"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT; a second signal releases running tasks at once."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        while not self._stopping.wait(0.5):
+            pass
+        self.stop()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping.is_set():
+            logger.warning("Worker %s got %s again; releasing running tasks now", self.worker_id, name)
+            self.shutdown_timeout_s = 0.0
+            self._slot_freed.set()
+            return
+        logger.info("Worker %s got %s; finishing running tasks", self.worker_id, name)
+        self._stopping.set()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop claiming, let running tasks finish, then release what is left."""
+        if self._stopped.is_set():
+            return
+        self._stopping.set()
+        self._slot_freed.set()
+        grace = self.shutdown_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + grace
+        while self._running_ids() and time.monotonic() < deadline and self.shutdown_timeout_s > 0:
+            self._slot_freed.wait(0.05)
+            self._slot_freed.clear()
+        self._release_all()
+        self._stopped.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        logger.info("Worker %s stopped; outcomes %s", self.worker_id, self._summary())
+
+    def _summary(self) -> str:
+        return ", ".join(f"{status.lower()}={count}" for status, count in self.counts.items() if count)
+
+    def _running_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    # -- claiming ----------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.wait(self.settings.poll_interval_s)
+                self._slot_freed.clear()
+                continue
+            try:
+                records = self.storage.claim(self.worker_id, self.queues, free, self.settings.lease_s)
+            except StorageError as exc:
+                logger.error("Worker %s failed to claim tasks: %s; retrying", self.worker_id, exc)
+                self._stopping.wait(min(5.0, self.settings.poll_interval_s * 10))
+                continue
+            if not records:
+                self.storage.wait_for_work(self.queues, self.settings.poll_interval_s, self._stopping)
+                continue
+            for record in records:
+                self._dispatch(record)
+
+    def _dispatch(self, record: TaskRecord) -> None:
+        logger.debug("Task %s (%s) claimed, attempt %d", record.task_id, record.name, record.attempts)
+        task = self.service.tasks.get(record.name)
+        if task is None or task.fn is None:
+            self._fail_now(
+                record,
+                "UnknownTaskError",
+                f"task {record.name!r} is not registered in worker {self.worker_id}; "
+                f"register it with @tasks.task({record.name!r}) in the module given to --app",
+                module="taskfuture.errors",
+            )
+            return
+        try:
+            args, kwargs = codec.decode_call(record.payload)
+            if task.signature is not None:
+                task.signature.bind(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            self._fail_now(record, "TypeError", f"invalid arguments for task {record.name!r}: {exc}")
+            return
+        context = TaskContext(
+            record.task_id,
+            record.name,
+            record.queue,
+            record.attempts,
+            record.max_attempts,
+            lambda progress: self._store_progress(record.task_id, progress),
+        )
+        running = _Running(record, context)
+        with self._lock:
+            self._running[record.task_id] = running
+        if task.is_async:
+            asyncio.run_coroutine_threadsafe(self._run_async(task, running, args, kwargs), self._loop)
+        else:
+            self._pool.submit(self._run_sync, task, running, args, kwargs)
+
+    # -- running -------------------------------------------------------------------
+
+    def _run_sync(self, task: Task[Any, Any], running: _Running, args: list[Any], kwargs: dict[str, Any]) -> None:
+        token = set_current_context(running.context)
+        try:
+            assert task.fn is not None
+            value = task.fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                raise TypeError(f"task {task.name!r} returned an awaitable; declare it with async def")
+        except BaseException as exc:  # noqa: BLE001 - every outcome of the task is recorded
+            self._finish_failed(running, exc)
+        else:
+            self._finish_completed(running, value)
+        finally:
+            reset_current_context(token)
+
+    async def _run_async(
+        self, task: Task[Any, Any], running: _Running, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        assert task.fn is not None
+        fn = task.fn
+
+        async def call() -> Any:
+            set_current_context(running.context)
+            return await fn(*args, **kwargs)
+
+        running.async_task = asyncio.ensure_future(call())
+        if running.cancelled:
+            running.async_task.cancel()
+        try:
+            value = await running.async_task
+        except asyncio.CancelledError as exc:
+            await asyncio.to_thread(self._finish_failed, running, exc)
+        except BaseException as exc:  # noqa: BLE001 - every outcome of the task is recorded
+            await asyncio.to_thread(self._finish_failed, running, exc)
+        else:
+            await asyncio.to_thread(self._finish_completed, running, value)
+
+    def _finish_completed(self, running: _Running, value: Any) -> None:
+        record = running.record
+        try:
+            result = codec.encode(value, "result")
+            codec.check_size(result, "result", self.settings.max_payload_bytes)
+        except (TypeError, ValueError, RecursionError) as exc:
+            self._finish_failed(running, exc)
+            return
+        now = time.time()
+        change = Transition(
+            TaskStatus.COMPLETED,
+            finished_at=now,
+            expires_at=now + self.settings.retention_s,
+            result=result,
+            release=True,
+        )
+        self._finish(running, change)
+
+    def _finish_failed(self, running: _Running, exc: BaseException) -> None:
+        record = running.record
+        if running.cancelled:
+            logger.info("Task %s (%s) stopped after cancellation", record.task_id, record.name)
+            self._forget(record.task_id)
+            return
+        text = "".join(traceback.format_exception(exc))
+        logger.warning("Task %s (%s) failed: %s: %s", record.task_id, record.name, type(exc).__qualname__, exc)
+        now = time.time()
+        change = Transition(
+            TaskStatus.FAILED,
+            finished_at=now,
+            expires_at=now + self.settings.retention_s,
+            error=codec.encode_exception(exc, text),
+            release=True,
+        )
+        self._finish(running, change)
+
+    def _fail_now(self, record: TaskRecord, type_name: str, message: str, module: str = "builtins") -> None:
+        logger.error("Task %s (%s) failed before running: %s", record.task_id, record.name, message)
+        now = time.time()
+        change = Transition(
+            TaskStatus.FAILED,
+            finished_at=now,
+            expires_at=now + self.settings.retention_s,
+            error=codec.make_error(module, type_name, message),
+            release=True,
+        )
+        self._store_outcome(record, change)
+
+    def _finish(self, running: _Running, change: Transition) -> None:
+        running.context.flush_progress()
+        try:
+            self._store_outcome(running.record, change)
+        finally:
+            self._forget(running.record.task_id)
+
+    def _forget(self, task_id: str) -> None:
+        with self._lock:
+            self._running.pop(task_id, None)
+        self._slot_freed.set()
+
+    def _store_outcome(self, record: TaskRecord, change: Transition) -> None:
+        for attempt in range(1, FINISH_RETRIES + 1):
+            try:
+                self.storage.transition(record.task_id, record.version, change)
+            except (ConcurrentModificationError, TaskNotFoundError):
+                logger.info(
+                    "Task %s (%s) changed while it ran (cancelled, reclaimed or deleted); "
+                    "its %s outcome is discarded",
+                    record.task_id,
+                    record.name,
+                    change.status.value,
+                )
+                return
+            except StorageError as exc:
+                logger.error(
+                    "Storing the outcome of task %s failed (try %d of %d): %s",
+                    record.task_id,
+                    attempt,
+                    FINISH_RETRIES,
+                    exc,
+                )
+                time.sleep(FINISH_RETRY_PAUSE_S * attempt)
+                continue
+            with self._lock:
+                self.counts[change.status.value] += 1
+            logger.debug("Task %s (%s) %s", record.task_id, record.name, change.status.value.lower())
+            return
+        logger.error("Task %s outcome lost; another worker will run it after its lease", record.task_id)
+
+    def _store_progress(self, task_id: str, progress: Progress) -> None:
+        try:
+            self.storage.set_progress(task_id, self.worker_id, codec.encode(progress.to_dict()))
+        except StorageError as exc:
+            logger.warning("Storing progress of task %s failed: %s", task_id, exc)
+
+    # -- heartbeat, cancellation and lost workers ------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        next_recovery = 0.0
+        while not self._stopped.wait(self.heartbeat_interval_s):
+            self._heartbeat()
+            if time.monotonic() >= next_recovery and not self._stopping.is_set():
+                self.recover_expired_leases()
+                next_recovery = time.monotonic() + self.settings.lease_s / 2
+
+    def _heartbeat(self) -> None:
+        ids = self._running_ids()
+        if not ids:
+            return
+        try:
+            held = self.storage.extend_leases(self.worker_id, ids, self.settings.lease_s)
+        except StorageError as exc:
+            logger.error("Worker %s failed to extend leases: %s", self.worker_id, exc)
+            return
+        for task_id in ids:
+            if task_id not in held:
+                self._cancel_running(task_id)
+
+    def _cancel_running(self, task_id: str) -> None:
+        with self._lock:
+            running = self._running.get(task_id)
+        if running is None or running.cancelled:
+            return
+        logger.info("Task %s (%s) was cancelled or reclaimed; stopping it", task_id, running.record.name)
+        running.cancelled = True
+        running.context.request_cancel()
+        if running.async_task is not None:
+            self._loop.call_soon_threadsafe(running.async_task.cancel)
+
+    def recover_expired_leases(self, limit: int = 500) -> int:
+        """Requeue or fail the tasks of workers whose leases ran out; return how many."""
+        try:
+            expired = self.storage.find_expired_leases(limit)
+        except StorageError as exc:
+            logger.error("Finding expired leases failed: %s", exc)
+            return 0
+        recovered = 0
+        for record in expired:
+            if self._recover(record):
+                recovered += 1
+        return recovered
+
+    def _recover(self, record: TaskRecord) -> bool:
+        now = time.time()
+        if record.attempts < record.max_attempts:
+            change = Transition(TaskStatus.PENDING, available_at=now, release=True)
+            outcome = "requeued"
+        else:
+            message = (
+                f"worker {record.worker_id} stopped sending heartbeats while running the task, "
+                f"and all {record.max_attempts} attempt(s) are spent"
+            )
+            change = Transition(
+                TaskStatus.FAILED,
+                finished_at=now,
+                expires_at=now + self.settings.retention_s,
+                error=codec.make_error("taskfuture.errors", "WorkerLostError", message),
+                release=True,
+            )
+            outcome = "failed as worker lost"
+        try:
+            self.storage.transition(record.task_id, record.version, change)
+        except (ConcurrentModificationError, TaskNotFoundError):
+            return False
+        except StorageError as exc:
+            logger.error("Recovering task %s failed: %s", record.task_id, exc)
+            return False
+        logger.warning(
+            "Task %s (%s) lost its worker %s (attempt %d of %d); %s",
+            record.task_id,
+            record.name,
+            record.worker_id,
+            record.attempts,
+            record.max_attempts,
+            outcome,
+        )
+        return True
+
+    def _release_all(self) -> None:
+        for task_id in self._running_ids():
+            with self._lock:
+                running = self._running.get(task_id)
+            if running is None:
+                continue
+            self._cancel_running(task_id)
+            record = running.record
+            change = Transition(
+                TaskStatus.PENDING, attempts=max(0, record.attempts - 1), available_at=time.time(), release=True
+            )
+            try:
+                self.storage.transition(record.task_id, record.version, change)
+                logger.warning("Task %s (%s) released back to queue %s at shutdown", task_id, record.name, record.queue)
+            except (ConcurrentModificationError, TaskNotFoundError):
+                pass
+            except StorageError as exc:
+                logger.error("Releasing task %s failed: %s; its lease will run out", task_id, exc)
+
+    # -- expiry --------------------------------------------------------------------------
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self.settings.sweep_interval_s):
+            try:
+                deleted = self.service.clean_expired()
+            except StorageError as exc:
+                logger.error("Sweeping expired tasks failed: %s", exc)
+                continue
+            if deleted:
+                logger.info("Worker %s deleted %d expired task(s)", self.worker_id, deleted)
