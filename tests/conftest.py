@@ -7,6 +7,7 @@ where a missing engine fails the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -29,7 +30,9 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 ENGINE_DSNS: dict[str, str | None] = {
     "memory": None,
     "sqlite": None,
-    "postgresql": os.environ.get("TASKFUTURE_TEST_POSTGRESQL_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+    "postgresql": os.environ.get(
+        "TASKFUTURE_TEST_POSTGRESQL_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
     "mariadb": os.environ.get("TASKFUTURE_TEST_MARIADB_DSN", "mysql://root@127.0.0.1:3306/test"),
     "redis": os.environ.get("TASKFUTURE_TEST_REDIS_DSN", "redis://127.0.0.1:6379/0"),
 }
@@ -103,10 +106,8 @@ class ServiceFactory:
         for service in self.services:
             drop = getattr(service.storage, "drop", None)
             if drop is not None and self.engine not in ("memory", "sqlite"):
-                try:
+                with contextlib.suppress(Exception):
                     drop()
-                except Exception:  # pragma: no cover - best-effort cleanup
-                    pass
             service.close()
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "TaskTimeoutError",
     "UnknownTaskError",
     "Worker",
+    "WorkerLostError",
     "current_context",
 ]
 

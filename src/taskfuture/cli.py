@@ -67,14 +67,21 @@ def _service(ctx: click.Context) -> TaskService:
     return service
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TASKFUTURE"})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TASKFUTURE"}
+)
 @click.option(
     "--dsn",
     envvar="TASKFUTURE_DSN",
     help="Engine DSN, such as sqlite:///taskfuture.db or redis://localhost:6379/0 "
     "[env: TASKFUTURE_DSN, then MESSENGER_TRANSPORT_DSN].",
 )
-@click.option("--app", "app", envvar="TASKFUTURE_APP", help="MODULE:ATTRIBUTE of your TaskService [env: TASKFUTURE_APP].")
+@click.option(
+    "--app",
+    "app",
+    envvar="TASKFUTURE_APP",
+    help="MODULE:ATTRIBUTE of your TaskService [env: TASKFUTURE_APP].",
+)
 @click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug.")
 @click.version_option(package_name="taskfuture")
 @click.pass_context
@@ -86,15 +93,43 @@ def main(ctx: click.Context, dsn: str | None, app: str | None, verbose: int) -> 
 
 
 @main.command()
-@click.option("--app", "app", envvar="TASKFUTURE_APP", help="MODULE:ATTRIBUTE of the TaskService whose tasks to run.")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              envvar="TASKFUTURE_CONCURRENCY", help="Most tasks run at once (threads and coroutines).")
-@click.option("-q", "--queues", default=None, envvar="TASKFUTURE_QUEUES",
-              help="Comma-separated queues to consume [default: the service's queues].")
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds running tasks may finish after SIGTERM before they are released.")
+@click.option(
+    "--app",
+    "app",
+    envvar="TASKFUTURE_APP",
+    help="MODULE:ATTRIBUTE of the TaskService whose tasks to run.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    envvar="TASKFUTURE_CONCURRENCY",
+    help="Most tasks run at once (threads and coroutines).",
+)
+@click.option(
+    "-q",
+    "--queues",
+    default=None,
+    envvar="TASKFUTURE_QUEUES",
+    help="Comma-separated queues to consume [default: the service's queues].",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks may finish after SIGTERM before they are released.",
+)
 @click.pass_context
-def worker(ctx: click.Context, app: str | None, concurrency: int, queues: str | None, shutdown_timeout: float) -> None:
+def worker(
+    ctx: click.Context,
+    app: str | None,
+    concurrency: int,
+    queues: str | None,
+    shutdown_timeout: float,
+) -> None:
     """Run tasks until SIGTERM or SIGINT."""
     from taskfuture.worker import Worker
 
@@ -106,8 +141,12 @@ def worker(ctx: click.Context, app: str | None, concurrency: int, queues: str | 
         logging.getLogger("taskfuture").setLevel(logging.INFO)
     with _clear_errors():
         service = _service(ctx)
-        queue_list = [queue.strip() for queue in queues.split(",") if queue.strip()] if queues else None
-        Worker(service, queues=queue_list, concurrency=concurrency, shutdown_timeout_s=shutdown_timeout).run()
+        queue_list = (
+            [queue.strip() for queue in queues.split(",") if queue.strip()] if queues else None
+        )
+        Worker(
+            service, queues=queue_list, concurrency=concurrency, shutdown_timeout_s=shutdown_timeout
+        ).run()
 
 
 @main.command()
@@ -130,7 +169,9 @@ def status(ctx: click.Context, task_id: str) -> None:
 
 @main.command()
 @click.argument("task_id")
-@click.option("-t", "--timeout", type=float, default=None, help="Seconds to wait; omit to wait without limit.")
+@click.option(
+    "-t", "--timeout", type=float, default=None, help="Seconds to wait; omit to wait without limit."
+)
 @click.pass_context
 def result(ctx: click.Context, task_id: str, timeout: float | None) -> None:
     """Wait for a task and print its result as JSON."""
@@ -167,7 +208,9 @@ def cancel(ctx: click.Context, task_id: str) -> None:
         if future.cancel():
             click.echo(f"task {future.task_id} cancelled")
             return
-        click.echo(f"error: task {future.task_id} already finished as {future.status().value}", err=True)
+        click.echo(
+            f"error: task {future.task_id} already finished as {future.status().value}", err=True
+        )
         raise SystemExit(1)
 
 
@@ -192,12 +235,18 @@ def schema_create(ctx: click.Context) -> None:
     with _clear_errors():
         service = _service(ctx)
         service.create_schema()
-        click.echo(f"schema ready on {service.settings.masked_dsn} (table {service.settings.table})")
+        click.echo(
+            f"schema ready on {service.settings.masked_dsn} (table {service.settings.table})"
+        )
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Folder for the demo's database, report and log [default: a new temporary folder].")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the demo's database, report and log [default: a new temporary folder].",
+)
 def demo(workdir: str | None) -> None:
     """Run the end-to-end demo on SQLite: import, report, email, with a worker."""
     from taskfuture.demo.runner import run_demo

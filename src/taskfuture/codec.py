@@ -170,7 +170,9 @@ def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int | Non
             raise TypeError(f"cannot encode kwargs: keyword names must be str, not {key!r}")
     active: set[int] = set()
     encoded_args = [_to_json(item, f"args[{index}]", active) for index, item in enumerate(args)]
-    encoded_kwargs = {key: _to_json(item, f"kwargs[{key!r}]", active) for key, item in kwargs.items()}
+    encoded_kwargs = {
+        key: _to_json(item, f"kwargs[{key!r}]", active) for key, item in kwargs.items()
+    }
     text = str(_encode_json({"args": encoded_args, "kwargs": encoded_kwargs}))
     check_size(text, "arguments", limit)
     return text
@@ -228,9 +230,13 @@ def decode_error(text: str) -> ErrorInfo:
     try:
         data = _decode_json(text)
     except (TypeError, json.JSONDecodeError):
-        return ErrorInfo("", "UnreadableError", f"the stored error is not valid JSON: {text[:200]!r}")
+        return ErrorInfo(
+            "", "UnreadableError", f"the stored error is not valid JSON: {text[:200]!r}"
+        )
     if not isinstance(data, dict):
-        return ErrorInfo("", "UnreadableError", f"the stored error has the wrong shape: {text[:200]!r}")
+        return ErrorInfo(
+            "", "UnreadableError", f"the stored error has the wrong shape: {text[:200]!r}"
+        )
     args = data.get("args")
     return ErrorInfo(
         module=str(data.get("module", "")),

@@ -93,14 +93,22 @@ class Settings:
         scheme_of(self.dsn)
         for name in ("retention_s", "poll_interval_s", "lease_s", "sweep_interval_s"):
             object.__setattr__(self, name, parse_duration(getattr(self, name), name))
-        object.__setattr__(self, "connect_timeout_s", parse_duration(self.connect_timeout_s, "connect_timeout_s"))
+        object.__setattr__(
+            self, "connect_timeout_s", parse_duration(self.connect_timeout_s, "connect_timeout_s")
+        )
         if self.poll_interval_s <= 0:
-            raise ConfigurationError(f"invalid poll_interval_s {self.poll_interval_s!r}: it must be > 0")
+            raise ConfigurationError(
+                f"invalid poll_interval_s {self.poll_interval_s!r}: it must be > 0"
+            )
         if self.lease_s < 1:
-            raise ConfigurationError(f"invalid lease_s {self.lease_s!r}: it must be at least 1 second")
+            raise ConfigurationError(
+                f"invalid lease_s {self.lease_s!r}: it must be at least 1 second"
+            )
         queues = (self.queues,) if isinstance(self.queues, str) else tuple(self.queues)
         if not queues:
-            raise ConfigurationError("invalid queues (): name at least one queue, such as 'default'")
+            raise ConfigurationError(
+                "invalid queues (): name at least one queue, such as 'default'"
+            )
         object.__setattr__(self, "queues", tuple(validate_queue_name(queue) for queue in queues))
         validate_table_name(self.table)
         _check_positive_int(self.max_attempts, "max_attempts")
@@ -112,10 +120,9 @@ class Settings:
         return mask_password(self.dsn)
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{field.name}={self.masked_dsn if field.name == 'dsn' else getattr(self, field.name)!r}"
-            for field in dataclasses.fields(self)
-        )
+        shown = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        shown["dsn"] = self.masked_dsn
+        fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
         return f"Settings({fields})"
 
     def replace(self, **changes: Any) -> Settings:

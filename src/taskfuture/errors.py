@@ -41,7 +41,9 @@ class TaskTimeoutError(TaskFutureError, TimeoutError):
     """The wait ran out before the task finished; the task itself goes on."""
 
     def __init__(self, task_id: str, timeout: float) -> None:
-        super().__init__(f"task {task_id} did not finish within {timeout:g} s; it is still queued or running")
+        super().__init__(
+            f"task {task_id} did not finish within {timeout:g} s; it is still queued or running"
+        )
         self.task_id = task_id
         self.timeout = timeout
 

@@ -64,7 +64,9 @@ class TaskFuture(concurrent.futures.Future[R]):
     waiter saw, at most one poll interval old. ``status()`` reads storage now.
     """
 
-    def __init__(self, service: TaskService, task_id: str, status: TaskStatus = TaskStatus.PENDING) -> None:
+    def __init__(
+        self, service: TaskService, task_id: str, status: TaskStatus = TaskStatus.PENDING
+    ) -> None:
         super().__init__()
         self._service = service
         self.task_id = task_id
@@ -220,11 +222,15 @@ class TaskFuture(concurrent.futures.Future[R]):
         try:
             self._progress = Progress.from_dict(codec.decode(record.progress))
         except (ValueError, TypeError, KeyError) as exc:
-            logger.warning("Task %s has unreadable progress %r: %s", self.task_id, record.progress[:200], exc)
+            logger.warning(
+                "Task %s has unreadable progress %r: %s", self.task_id, record.progress[:200], exc
+            )
             return []
         return list(self._progress_callbacks)
 
-    def _set_outcome(self, status: TaskStatus, value: Any = None, error: BaseException | None = None) -> None:
+    def _set_outcome(
+        self, status: TaskStatus, value: Any = None, error: BaseException | None = None
+    ) -> None:
         with self._condition:
             if super().done():
                 return

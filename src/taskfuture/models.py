@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """The lifecycle state of a task.
 
     ``PENDING`` -> ``RUNNING`` -> ``COMPLETED`` | ``FAILED``; ``PENDING`` ->

@@ -8,7 +8,6 @@ stored data can never make the caller import or build an arbitrary class.
 from __future__ import annotations
 
 import builtins
-import functools
 import logging
 from typing import Any
 
@@ -32,22 +31,28 @@ def exception_key(kind: type[BaseException]) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-@functools.lru_cache(maxsize=256)
+_REMOTE_TYPES: dict[type[Exception], type[Exception] | None] = {}
+
+
 def _remote_type(base: type[Exception]) -> type[Exception] | None:
     """Return a subclass of ``base`` that is also a TaskFailedError, or None if impossible."""
     if issubclass(base, errors.TaskFailedError):
         return base
-    try:
-        return type(
-            base.__name__,
-            (base, errors.TaskFailedError),
-            {"__module__": base.__module__, "__qualname__": base.__qualname__},
-        )
-    except TypeError:
-        return None
+    if base not in _REMOTE_TYPES:
+        try:
+            _REMOTE_TYPES[base] = type(
+                base.__name__,
+                (base, errors.TaskFailedError),
+                {"__module__": base.__module__, "__qualname__": base.__qualname__},
+            )
+        except TypeError:
+            _REMOTE_TYPES[base] = None
+    return _REMOTE_TYPES[base]
 
 
-def _allowed_type(info: ErrorInfo, registered: dict[str, type[Exception]]) -> type[Exception] | None:
+def _allowed_type(
+    info: ErrorInfo, registered: dict[str, type[Exception]]
+) -> type[Exception] | None:
     if info.module == "builtins":
         candidate = getattr(builtins, info.type_name, None)
         if isinstance(candidate, type) and issubclass(candidate, Exception):
@@ -63,7 +68,9 @@ def rebuild_exception(
     info = codec.decode_error(error_text)
     library_type = _LIBRARY_FAILURES.get(info.qualified_name)
     if library_type is not None:
-        return _annotate(library_type(task_id, info.qualified_name, info.message, info.traceback), info)
+        return _annotate(
+            library_type(task_id, info.qualified_name, info.message, info.traceback), info
+        )
     exc = _instantiate(info, _allowed_type(info, registered))
     if exc is None:
         exc = errors.TaskFailedError(task_id, info.qualified_name, info.message, info.traceback)
@@ -93,5 +100,7 @@ def _instantiate(info: ErrorInfo, base: type[Exception] | None) -> Exception | N
 
 def _annotate(exc: BaseException, info: ErrorInfo) -> BaseException:
     if info.traceback:
-        exc.add_note(f"Remote traceback (the task raised this in the worker):\n{info.traceback.rstrip()}")
+        exc.add_note(
+            f"Remote traceback (the task raised this in the worker):\n{info.traceback.rstrip()}"
+        )
     return exc

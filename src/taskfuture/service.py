@@ -73,7 +73,9 @@ class Task(Generic[P, R]):
         """Queue a run with options; see :meth:`TaskService.submit_with_options`."""
         return self.service.submit_with_options(self, args, kwargs, **options)
 
-    def submit_many(self, calls: Iterable[Sequence[Any] | Call], **options: Any) -> list[TaskFuture[R]]:
+    def submit_many(
+        self, calls: Iterable[Sequence[Any] | Call], **options: Any
+    ) -> list[TaskFuture[R]]:
         """Queue many runs in one round trip; see :meth:`TaskService.submit_many`."""
         return self.service.submit_many(self, calls, **options)
 
@@ -105,11 +107,15 @@ class TaskService:
         **options: any :class:`Settings` field, such as ``retention_s=3600``.
     """
 
-    def __init__(self, dsn: str | None = None, *, settings: Settings | None = None, **options: Any) -> None:
+    def __init__(
+        self, dsn: str | None = None, *, settings: Settings | None = None, **options: Any
+    ) -> None:
+        if dsn:
+            options["dsn"] = dsn
         if settings is None:
-            settings = Settings.from_env(**({"dsn": dsn} if dsn else {}), **options)
+            settings = Settings.from_env(None, **options)
         else:
-            settings = settings.replace(**({"dsn": dsn} if dsn else {}), **options)
+            settings = settings.replace(**options)
         self.settings = settings
         self.storage: TaskStorage = open_storage(settings)
         self._tasks: dict[str, Task[Any, Any]] = {}
@@ -148,7 +154,12 @@ class TaskService:
 
     @overload
     def task(
-        self, name: str | None = None, /, *, queue: str | None = None, max_attempts: int | None = None
+        self,
+        name: str | None = None,
+        /,
+        *,
+        queue: str | None = None,
+        max_attempts: int | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -170,23 +181,38 @@ class TaskService:
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
             return self._register(name, fn, queue, max_attempts)
 
-        return decorate  # type: ignore[return-value]
+        return decorate
 
-    def declare(self, name: str, *, queue: str | None = None, max_attempts: int | None = None) -> Task[..., Any]:
+    def declare(
+        self, name: str, *, queue: str | None = None, max_attempts: int | None = None
+    ) -> Task[..., Any]:
         """Declare a task that only the workers register, so that it can be submitted by name."""
         return self._register(name, None, queue, max_attempts)
 
     def _register(
-        self, name: str | None, fn: Callable[..., Any] | None, queue: str | None, max_attempts: int | None
+        self,
+        name: str | None,
+        fn: Callable[..., Any] | None,
+        queue: str | None,
+        max_attempts: int | None,
     ) -> Task[Any, Any]:
         if name is None and fn is not None:
             name = f"{fn.__module__}.{fn.__qualname__}"
         if not isinstance(name, str) or not name or len(name) > _NAME_LIMIT:
-            raise ConfigurationError(f"invalid task name {name!r}: use 1 to {_NAME_LIMIT} characters")
+            raise ConfigurationError(
+                f"invalid task name {name!r}: use 1 to {_NAME_LIMIT} characters"
+            )
         if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-            raise ConfigurationError(f"invalid max_attempts {max_attempts!r} for task {name!r}: expected >= 1")
+            raise ConfigurationError(
+                f"invalid max_attempts {max_attempts!r} for task {name!r}: expected >= 1"
+            )
         existing = self._tasks.get(name)
-        if existing is not None and existing.fn is not None and fn is not None and existing.fn is not fn:
+        if (
+            existing is not None
+            and existing.fn is not None
+            and fn is not None
+            and existing.fn is not fn
+        ):
             raise ConfigurationError(
                 f"task name {name!r} is already registered to {existing.fn!r}; pick another name"
             )
@@ -221,7 +247,9 @@ class TaskService:
         """Let the caller rebuild these exception types from task failures, as themselves."""
         for kind in types:
             if not (isinstance(kind, type) and issubclass(kind, Exception)):
-                raise ConfigurationError(f"cannot register {kind!r}: expected an Exception subclass")
+                raise ConfigurationError(
+                    f"cannot register {kind!r}: expected an Exception subclass"
+                )
             self._exception_types[exception_key(kind)] = kind
 
     # -- submit ----------------------------------------------------------------
@@ -288,10 +316,13 @@ class TaskService:
                 args, kwargs = tuple(item), {}
             else:
                 raise TypeError(
-                    f"invalid calls[{index}] {item!r}: expected a sequence of arguments or Call(...)"
+                    f"invalid calls[{index}] {item!r}: "
+                    "expected a sequence of arguments or Call(...)"
                 )
             try:
-                records.append(self._new_record(task, args, kwargs, queue, delay, eta, max_attempts))
+                records.append(
+                    self._new_record(task, args, kwargs, queue, delay, eta, max_attempts)
+                )
             except TypeError as exc:
                 raise TypeError(f"calls[{index}]: {exc}") from None
         self.storage.enqueue(records, connection)
@@ -313,7 +344,9 @@ class TaskService:
             if isinstance(task, Task):
                 task = self.get_task(task.name)
             else:
-                raise TypeError(f"cannot submit {task!r}: expected a Task or a registered task name")
+                raise TypeError(
+                    f"cannot submit {task!r}: expected a Task or a registered task name"
+                )
         payload = codec.encode_call(args, kwargs, self.settings.max_payload_bytes)
         now = time.time()
         attempts_limit = max_attempts or task.max_attempts or self.settings.max_attempts
@@ -409,9 +442,12 @@ class TaskService:
                 return
             future._set_outcome(TaskStatus.COMPLETED, value=value)
         elif record.status is TaskStatus.FAILED:
-            error_text = record.error or codec.make_error("builtins", "RuntimeError", "no error stored")
+            error_text = record.error or codec.make_error(
+                "builtins", "RuntimeError", "no error stored"
+            )
             future._set_outcome(
-                TaskStatus.FAILED, error=rebuild_exception(record.task_id, error_text, self._exception_types)
+                TaskStatus.FAILED,
+                error=rebuild_exception(record.task_id, error_text, self._exception_types),
             )
         else:
             future._set_outcome(TaskStatus.CANCELLED)
@@ -466,7 +502,11 @@ def _start_time(now: float, delay: dt.timedelta | float | None, eta: dt.datetime
     if delay is None:
         return now
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise ValueError(f"invalid delay {delay!r}: expected a timedelta or seconds >= 0")
     return now + seconds
-

@@ -78,7 +78,9 @@ class Worker:
         self.queues = tuple(queues or self.settings.queues)
         self.concurrency = concurrency
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.worker_id = worker_id or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = (
+            worker_id or f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
         self.heartbeat_interval_s = min(self.settings.lease_s / 3, 1.0)
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
@@ -86,7 +88,9 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="taskfuture-task")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            concurrency, thread_name_prefix="taskfuture-task"
+        )
         self._loop = asyncio.new_event_loop()
         #: Outcomes stored so far, by status; tests and the CLI read it.
         self.counts: dict[str, int] = {status.value: 0 for status in TaskStatus}
@@ -126,7 +130,9 @@ class Worker:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self._stopping.is_set():
-            logger.warning("Worker %s got %s again; releasing running tasks now", self.worker_id, name)
+            logger.warning(
+                "Worker %s got %s again; releasing running tasks now", self.worker_id, name
+            )
             self.shutdown_timeout_s = 0.0
             self._slot_freed.set()
             return
@@ -153,7 +159,9 @@ class Worker:
         logger.info("Worker %s stopped; outcomes %s", self.worker_id, self._summary())
 
     def _summary(self) -> str:
-        return ", ".join(f"{status.lower()}={count}" for status, count in self.counts.items() if count)
+        return ", ".join(
+            f"{status.lower()}={count}" for status, count in self.counts.items() if count
+        )
 
     def _running_ids(self) -> list[str]:
         with self._lock:
@@ -169,19 +177,25 @@ class Worker:
                 self._slot_freed.clear()
                 continue
             try:
-                records = self.storage.claim(self.worker_id, self.queues, free, self.settings.lease_s)
+                records = self.storage.claim(
+                    self.worker_id, self.queues, free, self.settings.lease_s
+                )
             except StorageError as exc:
                 logger.error("Worker %s failed to claim tasks: %s; retrying", self.worker_id, exc)
                 self._stopping.wait(min(5.0, self.settings.poll_interval_s * 10))
                 continue
             if not records:
-                self.storage.wait_for_work(self.queues, self.settings.poll_interval_s, self._stopping)
+                self.storage.wait_for_work(
+                    self.queues, self.settings.poll_interval_s, self._stopping
+                )
                 continue
             for record in records:
                 self._dispatch(record)
 
     def _dispatch(self, record: TaskRecord) -> None:
-        logger.debug("Task %s (%s) claimed, attempt %d", record.task_id, record.name, record.attempts)
+        logger.debug(
+            "Task %s (%s) claimed, attempt %d", record.task_id, record.name, record.attempts
+        )
         task = self.service.tasks.get(record.name)
         if task is None or task.fn is None:
             self._fail_now(
@@ -197,7 +211,9 @@ class Worker:
             if task.signature is not None:
                 task.signature.bind(*args, **kwargs)
         except (ValueError, TypeError) as exc:
-            self._fail_now(record, "TypeError", f"invalid arguments for task {record.name!r}: {exc}")
+            self._fail_now(
+                record, "TypeError", f"invalid arguments for task {record.name!r}: {exc}"
+            )
             return
         context = TaskContext(
             record.task_id,
@@ -211,20 +227,26 @@ class Worker:
         with self._lock:
             self._running[record.task_id] = running
         if task.is_async:
-            asyncio.run_coroutine_threadsafe(self._run_async(task, running, args, kwargs), self._loop)
+            asyncio.run_coroutine_threadsafe(
+                self._run_async(task, running, args, kwargs), self._loop
+            )
         else:
             self._pool.submit(self._run_sync, task, running, args, kwargs)
 
     # -- running -------------------------------------------------------------------
 
-    def _run_sync(self, task: Task[Any, Any], running: _Running, args: list[Any], kwargs: dict[str, Any]) -> None:
+    def _run_sync(
+        self, task: Task[Any, Any], running: _Running, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
         token = set_current_context(running.context)
         try:
             assert task.fn is not None
             value = task.fn(*args, **kwargs)
             if inspect.isawaitable(value):
-                raise TypeError(f"task {task.name!r} returned an awaitable; declare it with async def")
-        except BaseException as exc:  # noqa: BLE001 - every outcome of the task is recorded
+                raise TypeError(
+                    f"task {task.name!r} returned an awaitable; declare it with async def"
+                )
+        except BaseException as exc:
             self._finish_failed(running, exc)
         else:
             self._finish_completed(running, value)
@@ -248,13 +270,12 @@ class Worker:
             value = await running.async_task
         except asyncio.CancelledError as exc:
             await asyncio.to_thread(self._finish_failed, running, exc)
-        except BaseException as exc:  # noqa: BLE001 - every outcome of the task is recorded
+        except BaseException as exc:
             await asyncio.to_thread(self._finish_failed, running, exc)
         else:
             await asyncio.to_thread(self._finish_completed, running, value)
 
     def _finish_completed(self, running: _Running, value: Any) -> None:
-        record = running.record
         try:
             result = codec.encode(value, "result")
             codec.check_size(result, "result", self.settings.max_payload_bytes)
@@ -278,7 +299,9 @@ class Worker:
             self._forget(record.task_id)
             return
         text = "".join(traceback.format_exception(exc))
-        logger.warning("Task %s (%s) failed: %s: %s", record.task_id, record.name, type(exc).__qualname__, exc)
+        logger.warning(
+            "Task %s (%s) failed: %s: %s", record.task_id, record.name, type(exc).__qualname__, exc
+        )
         now = time.time()
         change = Transition(
             TaskStatus.FAILED,
@@ -289,7 +312,9 @@ class Worker:
         )
         self._finish(running, change)
 
-    def _fail_now(self, record: TaskRecord, type_name: str, message: str, module: str = "builtins") -> None:
+    def _fail_now(
+        self, record: TaskRecord, type_name: str, message: str, module: str = "builtins"
+    ) -> None:
         logger.error("Task %s (%s) failed before running: %s", record.task_id, record.name, message)
         now = time.time()
         change = Transition(
@@ -338,9 +363,13 @@ class Worker:
                 continue
             with self._lock:
                 self.counts[change.status.value] += 1
-            logger.debug("Task %s (%s) %s", record.task_id, record.name, change.status.value.lower())
+            logger.debug(
+                "Task %s (%s) %s", record.task_id, record.name, change.status.value.lower()
+            )
             return
-        logger.error("Task %s outcome lost; another worker will run it after its lease", record.task_id)
+        logger.error(
+            "Task %s outcome lost; another worker will run it after its lease", record.task_id
+        )
 
     def _store_progress(self, task_id: str, progress: Progress) -> None:
         try:
@@ -376,7 +405,9 @@ class Worker:
             running = self._running.get(task_id)
         if running is None or running.cancelled:
             return
-        logger.info("Task %s (%s) was cancelled or reclaimed; stopping it", task_id, running.record.name)
+        logger.info(
+            "Task %s (%s) was cancelled or reclaimed; stopping it", task_id, running.record.name
+        )
         running.cancelled = True
         running.context.request_cancel()
         if running.async_task is not None:
@@ -440,11 +471,19 @@ class Worker:
             self._cancel_running(task_id)
             record = running.record
             change = Transition(
-                TaskStatus.PENDING, attempts=max(0, record.attempts - 1), available_at=time.time(), release=True
+                TaskStatus.PENDING,
+                attempts=max(0, record.attempts - 1),
+                available_at=time.time(),
+                release=True,
             )
             try:
                 self.storage.transition(record.task_id, record.version, change)
-                logger.warning("Task %s (%s) released back to queue %s at shutdown", task_id, record.name, record.queue)
+                logger.warning(
+                    "Task %s (%s) released back to queue %s at shutdown",
+                    task_id,
+                    record.name,
+                    record.queue,
+                )
             except (ConcurrentModificationError, TaskNotFoundError):
                 pass
             except StorageError as exc:

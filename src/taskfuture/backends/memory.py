@@ -142,7 +142,11 @@ class MemoryStorage(TaskStorage):
     def set_progress(self, task_id: str, worker_id: str, progress: str) -> bool:
         with self._store.lock:
             record = self._store.records.get(task_id)
-            if not record or record.status is not TaskStatus.RUNNING or record.worker_id != worker_id:
+            if (
+                not record
+                or record.status is not TaskStatus.RUNNING
+                or record.worker_id != worker_id
+            ):
                 return False
             record.progress = progress
         self._notify([task_id])

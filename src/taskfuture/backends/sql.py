@@ -120,9 +120,7 @@ class SQLStorage(TaskStorage):
         connect_args: dict[str, Any] = {}
         if backend == "sqlite":
             connect_args = {"timeout": 30.0, "check_same_thread": False}
-        elif backend == "postgresql":
-            connect_args = {"connect_timeout": max(1, round(self.settings.connect_timeout_s))}
-        elif backend in ("mysql", "mariadb"):
+        elif backend == "postgresql" or backend in ("mysql", "mariadb"):
             connect_args = {"connect_timeout": max(1, round(self.settings.connect_timeout_s))}
         engine = sa.create_engine(url, connect_args=connect_args, **options)
         if backend == "sqlite":
@@ -180,9 +178,11 @@ class SQLStorage(TaskStorage):
             conn.execute(self.table.insert(), rows)
 
     def _enqueue_in(self, connection: Any, rows: list[dict[str, Any]]) -> None:
-        conn = connection.connection() if hasattr(connection, "connection") and not isinstance(
-            connection, Connection
-        ) else connection
+        conn = (
+            connection.connection()
+            if hasattr(connection, "connection") and not isinstance(connection, Connection)
+            else connection
+        )
         if not isinstance(conn, Connection):
             raise ConfigurationError(
                 f"connection={connection!r} is not a SQLAlchemy Connection or Session"
@@ -240,16 +240,19 @@ class SQLStorage(TaskStorage):
         }
         with self._connect(write=True) as conn:
             if self._returning:
-                statement = table.update().where(table.c.id.in_(due.scalar_subquery())).values(values)
+                statement = (
+                    table.update().where(table.c.id.in_(due.scalar_subquery())).values(values)
+                )
                 rows = conn.execute(statement.returning(*self._columns)).all()
-                rows.sort(key=lambda row: (row[9], row[0]))
-                return [_record(row) for row in rows]
+                return sorted((_record(row) for row in rows), key=_claim_order)
             ids = list(conn.execute(due).scalars())
             if not ids:
                 return []
             conn.execute(table.update().where(table.c.id.in_(ids)).values(values))
             rows = conn.execute(
-                sa.select(*self._columns).where(table.c.id.in_(ids)).order_by(table.c.available_at, table.c.id)
+                sa.select(*self._columns)
+                .where(table.c.id.in_(ids))
+                .order_by(table.c.available_at, table.c.id)
             ).all()
         return [_record(row) for row in rows]
 
@@ -302,7 +305,7 @@ class SQLStorage(TaskStorage):
             row = self._select_one(conn, task_id)
         return None if row is None else _record(row)
 
-    def _select_one(self, conn: Connection, task_id: str) -> Sequence[Any] | None:
+    def _select_one(self, conn: Connection, task_id: str) -> sa.Row[Any] | None:
         return conn.execute(sa.select(*self._columns).where(self.table.c.id == task_id)).first()
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
@@ -326,6 +329,10 @@ class SQLStorage(TaskStorage):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _claim_order(record: TaskRecord) -> tuple[float, str]:
+    return (record.available_at, record.task_id)
 
 
 def _row(record: TaskRecord) -> dict[str, Any]:
