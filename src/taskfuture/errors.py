@@ -23,6 +23,7 @@ invalid timeouts raise the builtin :class:`ValueError`.
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Self
 
 
 class TaskFutureError(Exception):
@@ -108,19 +109,23 @@ class TaskFailedError(TaskFutureError):
         remote_traceback: the traceback text formatted in the worker.
     """
 
-    task_id: str
-    type_name: str
-    message: str
-    remote_traceback: str
+    # The constructor takes plain exception arguments, so that a rebuilt remote
+    # exception whose own __init__ calls super().__init__(...) still works when
+    # its class also derives from TaskFailedError.
+    task_id: str = ""
+    type_name: str = ""
+    message: str = ""
+    remote_traceback: str = ""
 
-    def __init__(
-        self, task_id: str, type_name: str, message: str, remote_traceback: str = ""
-    ) -> None:
-        super().__init__(f"task {task_id} failed with {type_name}: {message}")
-        self.task_id = task_id
-        self.type_name = type_name
-        self.message = message
-        self.remote_traceback = remote_traceback
+    @classmethod
+    def create(cls, task_id: str, type_name: str, message: str, remote_traceback: str = "") -> Self:
+        """Build the error with its remote details and a message naming the task."""
+        error = cls(f"task {task_id} failed with {type_name}: {message}")
+        error.task_id = task_id
+        error.type_name = type_name
+        error.message = message
+        error.remote_traceback = remote_traceback
+        return error
 
 
 class WorkerLostError(TaskFailedError):

@@ -68,12 +68,13 @@ def rebuild_exception(
     info = codec.decode_error(error_text)
     library_type = _LIBRARY_FAILURES.get(info.qualified_name)
     if library_type is not None:
-        return _annotate(
-            library_type(task_id, info.qualified_name, info.message, info.traceback), info
-        )
+        failure = library_type.create(task_id, info.qualified_name, info.message, info.traceback)
+        return _annotate(failure, info)
     exc = _instantiate(info, _allowed_type(info, registered))
     if exc is None:
-        exc = errors.TaskFailedError(task_id, info.qualified_name, info.message, info.traceback)
+        exc = errors.TaskFailedError.create(
+            task_id, info.qualified_name, info.message, info.traceback
+        )
     else:
         exc.task_id = task_id  # type: ignore[attr-defined]
         exc.type_name = info.qualified_name  # type: ignore[attr-defined]

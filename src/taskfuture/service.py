@@ -435,7 +435,7 @@ class TaskService:
             try:
                 value = codec.decode(record.result) if record.result is not None else None
             except (ValueError, TypeError, KeyError) as exc:
-                failure = errors.TaskFailedError(
+                failure = errors.TaskFailedError.create(
                     record.task_id, "ValueError", f"the stored result cannot be decoded: {exc}"
                 )
                 future._set_outcome(TaskStatus.FAILED, error=failure)

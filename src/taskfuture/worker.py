@@ -147,6 +147,11 @@ class Worker:
         self._slot_freed.set()
         grace = self.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + grace
+        # The fetch thread must be gone before tasks are released, or it could
+        # claim a released task again.
+        fetch = next((t for t in self._threads if t.name == "taskfuture-fetch"), None)
+        if fetch is not None:
+            fetch.join(timeout=self.settings.poll_interval_s + 10)
         while self._running_ids() and time.monotonic() < deadline and self.shutdown_timeout_s > 0:
             self._slot_freed.wait(0.05)
             self._slot_freed.clear()
