@@ -201,10 +201,13 @@ def result(ctx: click.Context, task_id: str, timeout: float | None) -> None:
 @click.argument("task_id")
 @click.pass_context
 def cancel(ctx: click.Context, task_id: str) -> None:
-    """Cancel a task; exit 1 if it had already finished."""
+    """Cancel a task; exit 1 if it had already completed or failed."""
     with _clear_errors():
         service = _service(ctx)
         future = service.future(task_id)
+        if future.cancelled():
+            click.echo(f"task {future.task_id} was already cancelled")
+            return
         if future.cancel():
             click.echo(f"task {future.task_id} cancelled")
             return
