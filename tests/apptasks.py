@@ -89,6 +89,27 @@ def register(service: TaskService) -> None:
     def attempt() -> int:
         return current_context().attempt
 
+    @service.task("flaky", retry_on=(ConnectionError,), max_attempts=3, retry_backoff_s=0.05)
+    def flaky(failures: int) -> int:
+        attempt = current_context().attempt
+        if attempt <= failures:
+            raise ConnectionError(f"attempt {attempt} failed")
+        return attempt
+
+    @service.task("limited", time_limit_s=0.3)
+    def limited(seconds: float) -> str:
+        context = current_context()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            context.raise_if_cancelled()
+            time.sleep(0.01)
+        return "finished"
+
+    @service.task("async_limited", time_limit_s=0.3)
+    async def async_limited(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "finished"
+
     @service.task("touch_file")
     def touch_file(folder: str, name: str, seconds: float = 0.0) -> str:
         path = Path(folder) / f"{name}.{os.getpid()}.{time.monotonic_ns()}"

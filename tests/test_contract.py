@@ -630,3 +630,55 @@ def test_graceful_stop_releases_unfinished_task(
     assert record is not None
     assert record.attempts == 0
     assert record.worker_id is None
+
+
+# -- retries and time limits -------------------------------------------------------------
+
+
+def test_retry_until_success(running_app: TaskService) -> None:
+    future = running_app.tasks["flaky"].submit(2)
+
+    assert future.result(timeout=20) == 3
+    assert future.attempts == 3
+
+
+def test_retry_gives_up_after_max_attempts(running_app: TaskService) -> None:
+    future = running_app.tasks["flaky"].submit(5)
+
+    with pytest.raises(ConnectionError, match="attempt 3 failed"):
+        future.result(timeout=20)
+    assert future.attempts == 3
+
+
+def test_retrying_task_is_pending_between_attempts(make_service: ServiceFactory) -> None:
+    service = make_service()
+    register(service)
+    future = service.submit_with_options("flaky", (1,))
+    worker = make_service.worker(service, concurrency=1)
+
+    assert future.result(timeout=20) == 2
+    assert worker.counts["PENDING"] == 1
+
+
+def test_other_exceptions_are_not_retried(running_app: TaskService) -> None:
+    future = running_app.tasks["fail"].submit("no retry")
+
+    with pytest.raises(ValueError, match="no retry"):
+        future.result(timeout=10)
+    assert future.attempts == 1
+
+
+def test_time_limit_stops_sync_task(running_app: TaskService) -> None:
+    from taskfuture import TaskTimeLimitError
+
+    with pytest.raises(TaskTimeLimitError, match=r"time limit of 0\.3 s"):
+        running_app.tasks["limited"].submit(30).result(timeout=10)
+
+    assert running_app.tasks["limited"].submit(0.01).result(timeout=10) == "finished"
+
+
+def test_time_limit_cancels_async_task(running_app: TaskService) -> None:
+    from taskfuture import TaskTimeLimitError
+
+    with pytest.raises(TaskTimeLimitError):
+        running_app.tasks["async_limited"].submit(30).result(timeout=10)

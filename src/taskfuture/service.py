@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import inspect
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from taskfuture import codec, errors
 from taskfuture.backends.base import TaskStorage
-from taskfuture.config import Settings, validate_queue_name
+from taskfuture.config import Settings, parse_duration, validate_queue_name
 from taskfuture.dsn import open_storage
 from taskfuture.errors import (
     ConcurrentModificationError,
@@ -32,6 +34,58 @@ R = TypeVar("R")
 _NAME_LIMIT = 200
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """How a registered task is queued, retried and limited."""
+
+    #: Queue the task goes to unless a submit names another; None: the first configured queue.
+    queue: str | None = None
+    #: Most runs of one submit, counting retries and runs lost with a worker;
+    #: None: the service's ``max_attempts``.
+    max_attempts: int | None = None
+    #: Exception types after which the worker runs the task again (while attempts remain).
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: Pause before the first retry; each later retry doubles it, up to ``retry_backoff_max_s``.
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 300.0
+    #: Whether each pause is shortened by a random factor between 0.5 and 1.
+    retry_jitter: bool = True
+    #: Longest a run may take before it is stopped and fails with TaskTimeLimitError.
+    time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.queue is not None:
+            validate_queue_name(self.queue)
+        attempts = self.max_attempts
+        if attempts is not None and (
+            not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1
+        ):
+            raise ConfigurationError(f"invalid max_attempts {attempts!r}: expected a number >= 1")
+        retry_on = (self.retry_on,) if isinstance(self.retry_on, type) else tuple(self.retry_on)
+        for kind in retry_on:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise ConfigurationError(
+                    f"invalid retry_on entry {kind!r}: expected an exception type"
+                )
+        object.__setattr__(self, "retry_on", retry_on)
+        for field in ("retry_backoff_s", "retry_backoff_max_s"):
+            object.__setattr__(self, field, parse_duration(getattr(self, field), field))
+        if self.time_limit_s is not None:
+            limit = parse_duration(self.time_limit_s, "time_limit_s")
+            if limit <= 0:
+                raise ConfigurationError(
+                    f"invalid time_limit_s {self.time_limit_s!r}: expected > 0"
+                )
+            object.__setattr__(self, "time_limit_s", limit)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Return the pause in seconds before the run that follows run number ``attempt``."""
+        delay = min(self.retry_backoff_max_s, self.retry_backoff_s * 2.0 ** max(0, attempt - 1))
+        if self.retry_jitter:
+            delay *= 0.5 + random.random() / 2
+        return delay
+
+
 class Task(Generic[P, R]):
     """A registered task: call it to run it here, ``submit`` it to run it in a worker."""
 
@@ -40,15 +94,15 @@ class Task(Generic[P, R]):
         service: TaskService,
         name: str,
         fn: Callable[..., Any] | None,
-        queue: str,
-        max_attempts: int | None,
+        options: TaskOptions,
     ) -> None:
         self.service = service
         self.name = name
         #: The function, or None for a task declared by name that only workers run.
         self.fn = fn
-        self.queue = queue
-        self.max_attempts = max_attempts
+        self.options = options
+        self.queue = options.queue or service.settings.queues[0]
+        self.max_attempts = options.max_attempts
         self.is_async = fn is not None and inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn) if fn is not None else None
 
@@ -153,58 +207,39 @@ class TaskService:
     def task(self, name: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(
-        self,
-        name: str | None = None,
-        /,
-        *,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-    ) -> _TaskDecorator: ...
+    def task(self, name: str | None = None, /, **options: Any) -> _TaskDecorator: ...
 
     def task(
-        self,
-        name: str | Callable[..., Any] | None = None,
-        /,
-        *,
-        queue: str | None = None,
-        max_attempts: int | None = None,
+        self, name: str | Callable[..., Any] | None = None, /, **options: Any
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task, by default named ``module.qualname``.
 
         Use it as ``@tasks.task``, ``@tasks.task("reports.build")`` or
-        ``@tasks.task("reports.build", queue="reports", max_attempts=5)``.
+        ``@tasks.task("reports.build", queue="reports", max_attempts=5,
+        retry_on=(ConnectionError,), time_limit_s=60)``; the keyword options
+        are the fields of :class:`TaskOptions`.
         """
         if callable(name):
-            return self._register(None, name, queue, max_attempts)
+            return self._register(None, name, TaskOptions(**options))
+        task_options = TaskOptions(**options)
 
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
-            return self._register(name, fn, queue, max_attempts)
+            return self._register(name, fn, task_options)
 
         return decorate
 
-    def declare(
-        self, name: str, *, queue: str | None = None, max_attempts: int | None = None
-    ) -> Task[..., Any]:
+    def declare(self, name: str, /, **options: Any) -> Task[..., Any]:
         """Declare a task that only the workers register, so that it can be submitted by name."""
-        return self._register(name, None, queue, max_attempts)
+        return self._register(name, None, TaskOptions(**options))
 
     def _register(
-        self,
-        name: str | None,
-        fn: Callable[..., Any] | None,
-        queue: str | None,
-        max_attempts: int | None,
+        self, name: str | None, fn: Callable[..., Any] | None, options: TaskOptions
     ) -> Task[Any, Any]:
         if name is None and fn is not None:
             name = f"{fn.__module__}.{fn.__qualname__}"
         if not isinstance(name, str) or not name or len(name) > _NAME_LIMIT:
             raise ConfigurationError(
                 f"invalid task name {name!r}: use 1 to {_NAME_LIMIT} characters"
-            )
-        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-            raise ConfigurationError(
-                f"invalid max_attempts {max_attempts!r} for task {name!r}: expected >= 1"
             )
         existing = self._tasks.get(name)
         if (
@@ -216,9 +251,7 @@ class TaskService:
             raise ConfigurationError(
                 f"task name {name!r} is already registered to {existing.fn!r}; pick another name"
             )
-        task: Task[Any, Any] = Task(
-            self, name, fn, validate_queue_name(queue or self.settings.queues[0]), max_attempts
-        )
+        task: Task[Any, Any] = Task(self, name, fn, options)
         self._tasks[name] = task
         return task
 

@@ -45,8 +45,12 @@ FINISH_RETRY_PAUSE_S = 0.5
 @dataclasses.dataclass
 class _Running:
     record: TaskRecord
+    task: Task[Any, Any]
     context: TaskContext
+    #: ``time.monotonic()`` past which the run breaks its time limit, if it has one.
+    deadline: float | None = None
     async_task: asyncio.Task[Any] | None = None
+    #: Set once the run was cancelled, reclaimed or timed out: its outcome is discarded.
     cancelled: bool = False
 
 
@@ -228,7 +232,9 @@ class Worker:
             record.max_attempts,
             lambda progress: self._store_progress(record.task_id, progress),
         )
-        running = _Running(record, context)
+        limit = task.options.time_limit_s
+        deadline = time.monotonic() + limit if limit is not None else None
+        running = _Running(record, task, context, deadline)
         with self._lock:
             self._running[record.task_id] = running
         if task.is_async:
@@ -304,6 +310,8 @@ class Worker:
             self._forget(record.task_id)
             return
         text = "".join(traceback.format_exception(exc))
+        if self._retry(running, exc, text):
+            return
         logger.warning(
             "Task %s (%s) failed: %s: %s", record.task_id, record.name, type(exc).__qualname__, exc
         )
@@ -316,6 +324,31 @@ class Worker:
             release=True,
         )
         self._finish(running, change)
+
+    def _retry(self, running: _Running, exc: BaseException, traceback_text: str) -> bool:
+        """Queue the next attempt if the task retries on ``exc`` and attempts remain."""
+        record = running.record
+        options = running.task.options
+        if not isinstance(exc, options.retry_on) or record.attempts >= record.max_attempts:
+            return False
+        delay = options.retry_delay(record.attempts)
+        change = Transition(
+            TaskStatus.PENDING,
+            available_at=time.time() + delay,
+            error=codec.encode_exception(exc, traceback_text),
+            release=True,
+        )
+        logger.info(
+            "Task %s (%s) failed with %s on attempt %d of %d; retrying in %.2f s",
+            record.task_id,
+            record.name,
+            type(exc).__qualname__,
+            record.attempts,
+            record.max_attempts,
+            delay,
+        )
+        self._finish(running, change)
+        return True
 
     def _fail_now(
         self, record: TaskRecord, type_name: str, message: str, module: str = "builtins"
@@ -385,12 +418,58 @@ class Worker:
     # -- heartbeat, cancellation and lost workers ------------------------------------
 
     def _heartbeat_loop(self) -> None:
+        next_heartbeat = time.monotonic() + self.heartbeat_interval_s
         next_recovery = 0.0
-        while not self._stopped.wait(self.heartbeat_interval_s):
-            self._heartbeat()
-            if time.monotonic() >= next_recovery and not self._stopping.is_set():
+        while not self._stopped.wait(self._until_next_check(next_heartbeat)):
+            self._enforce_time_limits()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = now + self.heartbeat_interval_s
+            if now >= next_recovery and not self._stopping.is_set():
                 self.recover_expired_leases()
-                next_recovery = time.monotonic() + self.settings.lease_s / 2
+                next_recovery = now + self.settings.lease_s / 2
+
+    def _until_next_check(self, next_heartbeat: float) -> float:
+        with self._lock:
+            deadlines = [
+                r.deadline for r in self._running.values() if r.deadline and not r.cancelled
+            ]
+        wake = min([next_heartbeat, *deadlines])
+        return max(0.0, min(wake - time.monotonic(), self.heartbeat_interval_s))
+
+    def _enforce_time_limits(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            overdue = [
+                running
+                for running in self._running.values()
+                if running.deadline is not None
+                and running.deadline <= now
+                and not running.cancelled
+            ]
+        for running in overdue:
+            self._stop_overdue(running)
+
+    def _stop_overdue(self, running: _Running) -> None:
+        """Fail a run that broke its time limit, then tell the running code to stop."""
+        record = running.record
+        limit = running.task.options.time_limit_s
+        message = f"task {record.name!r} ran longer than its time limit of {limit:g} s"
+        logger.warning("Task %s (%s) stopped: %s", record.task_id, record.name, message)
+        now = time.time()
+        change = Transition(
+            TaskStatus.FAILED,
+            finished_at=now,
+            expires_at=now + self.settings.retention_s,
+            error=codec.make_error("taskfuture.errors", "TaskTimeLimitError", message),
+            release=True,
+        )
+        running.cancelled = True
+        running.context.request_cancel()
+        if running.async_task is not None:
+            self._loop.call_soon_threadsafe(running.async_task.cancel)
+        self._store_outcome(record, change)
 
     def _heartbeat(self) -> None:
         ids = self._running_ids()
