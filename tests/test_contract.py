@@ -682,3 +682,27 @@ def test_time_limit_cancels_async_task(running_app: TaskService) -> None:
 
     with pytest.raises(TaskTimeLimitError):
         running_app.tasks["async_limited"].submit(30).result(timeout=10)
+
+
+def test_progress_updates_async_iterator(running_app: TaskService) -> None:
+    async def collect() -> list[float]:
+        future = running_app.tasks["progress"].submit(10)
+        seen = [progress.done async for progress in future.progress_updates()]
+        assert await future == 10
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(collect(), 20))
+
+    assert seen
+    assert seen == sorted(seen)
+    assert seen[-1] == 10
+
+
+def test_lost_worker_is_told_by_waiter(make_service: ServiceFactory) -> None:
+    service = make_service(lease_s=1)
+    register(service)
+    future = service.submit_with_options("attempt", max_attempts=1)
+    service.storage.claim("dead-worker", ["default"], 1, 0.05)
+
+    with pytest.raises(WorkerLostError, match="dead-worker"):
+        future.result(timeout=15)

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskfuture import codec
@@ -209,6 +209,31 @@ class TaskFuture(concurrent.futures.Future[R]):
         """Call ``fn(future, progress)`` in the waiter thread whenever new progress arrives."""
         self._service._waiter.pin(self)
         self._progress_callbacks.append(fn)
+
+    async def progress_updates(self) -> AsyncIterator[Progress]:
+        """Yield each new progress report as it arrives, ending when the task finishes.
+
+        The first item is the last report seen so far, if any. Reports pushed
+        faster than the caller reads them are coalesced to the latest.
+        """
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake(*_: object) -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        self.add_progress_callback(wake)
+        self.add_done_callback(wake)
+        last: Progress | None = None
+        while True:
+            current = self._progress
+            if current is not None and current != last:
+                last = current
+                yield current
+            if super().done():
+                return
+            await changed.wait()
+            changed.clear()
 
     # -- resolution, called by the waiter and the service ----------------------
 

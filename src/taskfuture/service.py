@@ -434,6 +434,48 @@ class TaskService:
             if count < batch:
                 return deleted
 
+    def recover_lost_task(self, record: TaskRecord) -> bool:
+        """Requeue a RUNNING task whose lease ran out, or fail it when its attempts are spent.
+
+        Workers call it for expired leases they find, and the waiter for open
+        futures whose worker stopped sending heartbeats. Returns False when
+        another process changed the task first.
+        """
+        now = time.time()
+        if record.attempts < record.max_attempts:
+            change = Transition(TaskStatus.PENDING, available_at=now, release=True)
+            outcome = "requeued"
+        else:
+            message = (
+                f"worker {record.worker_id} stopped sending heartbeats while running the task, "
+                f"and all {record.max_attempts} attempt(s) are spent"
+            )
+            change = Transition(
+                TaskStatus.FAILED,
+                finished_at=now,
+                expires_at=now + self.settings.retention_s,
+                error=codec.make_error("taskfuture.errors", "WorkerLostError", message),
+                release=True,
+            )
+            outcome = "failed as worker lost"
+        try:
+            self.storage.transition(record.task_id, record.version, change)
+        except (ConcurrentModificationError, TaskNotFoundError):
+            return False
+        except errors.StorageError as exc:
+            logger.error("Recovering task %s failed: %s", record.task_id, exc)
+            return False
+        logger.warning(
+            "Task %s (%s) lost its worker %s (attempt %d of %d); %s",
+            record.task_id,
+            record.name,
+            record.worker_id,
+            record.attempts,
+            record.max_attempts,
+            outcome,
+        )
+        return True
+
     def create_schema(self) -> None:
         """Create the table or keys the engine needs; safe to repeat."""
         self.storage.setup()
@@ -451,6 +493,12 @@ class TaskService:
     # -- resolution, called by futures and the waiter -------------------------------
 
     def _apply(self, future: TaskFuture[Any], record: TaskRecord) -> None:
+        if _lease_lost(record) and self.recover_lost_task(record):
+            refreshed = self.storage.get(record.task_id)
+            if refreshed is None:
+                self._resolve_missing(future)
+                return
+            record = refreshed
         callbacks = future._update(record)
         if record.status.terminal:
             self._resolve(future, record)
@@ -515,6 +563,18 @@ class TaskService:
             logger.info("Task %s cancelled", record.task_id)
             self._apply(future, record)
             return True
+
+
+#: Seconds past a lease's end before a caller treats the worker as lost; covers clock skew.
+LEASE_GRACE_S = 2.0
+
+
+def _lease_lost(record: TaskRecord) -> bool:
+    return (
+        record.status is TaskStatus.RUNNING
+        and record.lease_until is not None
+        and record.lease_until + LEASE_GRACE_S < time.time()
+    )
 
 
 _TaskDecorator = Callable[[Callable[..., Any]], Task[Any, Any]]

@@ -506,45 +506,9 @@ class Worker:
             return 0
         recovered = 0
         for record in expired:
-            if self._recover(record):
+            if self.service.recover_lost_task(record):
                 recovered += 1
         return recovered
-
-    def _recover(self, record: TaskRecord) -> bool:
-        now = time.time()
-        if record.attempts < record.max_attempts:
-            change = Transition(TaskStatus.PENDING, available_at=now, release=True)
-            outcome = "requeued"
-        else:
-            message = (
-                f"worker {record.worker_id} stopped sending heartbeats while running the task, "
-                f"and all {record.max_attempts} attempt(s) are spent"
-            )
-            change = Transition(
-                TaskStatus.FAILED,
-                finished_at=now,
-                expires_at=now + self.settings.retention_s,
-                error=codec.make_error("taskfuture.errors", "WorkerLostError", message),
-                release=True,
-            )
-            outcome = "failed as worker lost"
-        try:
-            self.storage.transition(record.task_id, record.version, change)
-        except (ConcurrentModificationError, TaskNotFoundError):
-            return False
-        except StorageError as exc:
-            logger.error("Recovering task %s failed: %s", record.task_id, exc)
-            return False
-        logger.warning(
-            "Task %s (%s) lost its worker %s (attempt %d of %d); %s",
-            record.task_id,
-            record.name,
-            record.worker_id,
-            record.attempts,
-            record.max_attempts,
-            outcome,
-        )
-        return True
 
     def _release_all(self) -> None:
         for task_id in self._running_ids():
