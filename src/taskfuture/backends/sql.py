@@ -9,16 +9,19 @@ transition is an ``UPDATE ... WHERE version = :expected`` compare-and-set.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from taskfuture.backends.base import TaskStorage
+from taskfuture.backends.base import ChangeListener, TaskStorage
+from taskfuture.backends.local_channel import WAITERS, WORKERS, LocalChannel
 from taskfuture.config import Settings
 from taskfuture.errors import (
     ConcurrentModificationError,
@@ -107,9 +110,77 @@ class SQLStorage(TaskStorage):
         self._is_mysql = self.dialect in ("mysql", "mariadb")
         self._returning = self.engine.dialect.update_returning
         self._columns = list(self.table.c)
+        self._prepare_statements()
         self._ready = False
+        self._channel: LocalChannel | None = None
         if self._sqlite:
             self.setup()
+            database = self.engine.url.database
+            if database:
+                self._channel = LocalChannel(Path(database))
+                self.pushes_changes = True
+
+    def _prepare_statements(self) -> None:
+        """Build the hot statements once; per-call construction costs more than the query."""
+        table = self.table
+        column = table.c
+        self._get_statement = sa.select(*self._columns).where(column.id == sa.bindparam("p_id"))
+        self._get_many_statement = sa.select(*self._columns).where(
+            column.id.in_(sa.bindparam("p_ids", expanding=True))
+        )
+        self._version_statement = sa.select(column.version).where(column.id == sa.bindparam("p_id"))
+        due = (
+            sa.select(column.id)
+            .where(
+                column.status == TaskStatus.PENDING.value,
+                column.queue.in_(sa.bindparam("p_queues", expanding=True)),
+                column.available_at <= sa.bindparam("p_now"),
+            )
+            .order_by(column.available_at, column.id)
+            .limit(sa.bindparam("p_limit", type_=sa.Integer))
+        )
+        if not self._sqlite:
+            due = due.with_for_update(skip_locked=True)
+        self._due_statement = due
+        claim_values = {
+            "status": TaskStatus.RUNNING.value,
+            "version": column.version + 1,
+            "attempts": column.attempts + 1,
+            "started_at": sa.bindparam("p_now"),
+            "lease_until": sa.bindparam("p_lease_until"),
+            "worker_id": sa.bindparam("p_worker"),
+        }
+        self._claim_statement: Any
+        if self._returning:
+            self._claim_statement = (
+                table.update()
+                .where(column.id.in_(due.scalar_subquery()))
+                .values(claim_values)
+                .returning(*self._columns)
+            )
+        else:
+            self._claim_statement = (
+                table.update()
+                .where(column.id.in_(sa.bindparam("p_ids", expanding=True)))
+                .values(claim_values)
+            )
+        self._transition_statements: dict[tuple[str, ...], Any] = {}
+
+    def _transition_statement(self, fields: tuple[str, ...]) -> Any:
+        statement = self._transition_statements.get(fields)
+        if statement is None:
+            column = self.table.c
+            statement = (
+                self.table.update()
+                .where(
+                    column.id == sa.bindparam("p_id"), column.version == sa.bindparam("p_version")
+                )
+                .values(version=column.version + 1, **{f: sa.bindparam(f"p_{f}") for f in fields})
+            )
+            if self._returning:
+                statement = statement.returning(*self._columns)
+            self._transition_statements[fields] = statement
+        return statement
 
     # -- engine ------------------------------------------------------------
 
@@ -176,6 +247,8 @@ class SQLStorage(TaskStorage):
             return
         with self._connect(write=True) as conn:
             conn.execute(self.table.insert(), rows)
+        if self._channel is not None:
+            self._channel.announce(WORKERS, [])
 
     def _enqueue_in(self, connection: Any, rows: list[dict[str, Any]]) -> None:
         conn = (
@@ -194,67 +267,56 @@ class SQLStorage(TaskStorage):
 
     def transition(self, task_id: str, expected_version: int, change: Transition) -> TaskRecord:
         values = _transition_values(change)
-        table = self.table
-        statement = (
-            table.update()
-            .where(table.c.id == task_id, table.c.version == expected_version)
-            .values(version=table.c.version + 1, **values)
-        )
+        statement = self._transition_statement(tuple(values))
+        parameters = {f"p_{field}": value for field, value in values.items()}
+        parameters["p_id"] = task_id
+        parameters["p_version"] = expected_version
         with self._connect(write=True) as conn:
             if self._returning:
-                row = conn.execute(statement.returning(*self._columns)).first()
+                row = conn.execute(statement, parameters).first()
             else:
-                updated = conn.execute(statement).rowcount
+                updated = conn.execute(statement, parameters).rowcount
                 row = self._select_one(conn, task_id) if updated else None
-            if row is not None:
-                return _record(row)
-            exists = conn.execute(sa.select(table.c.version).where(table.c.id == task_id)).first()
+            exists = None
+            if row is None:
+                exists = conn.execute(self._version_statement, {"p_id": task_id}).first()
+        if row is not None:
+            record = _record(row)
+            self._announce_change(record)
+            return record
         if exists is None:
             raise TaskNotFoundError(task_id)
         raise ConcurrentModificationError(task_id, expected_version)
 
+    def _announce_change(self, record: TaskRecord) -> None:
+        """Wake local waiters of a finished or requeued task, and idle workers of a requeue."""
+        if self._channel is None:
+            return
+        self._channel.announce(WAITERS, [record.task_id])
+        if record.status is TaskStatus.PENDING:
+            self._channel.announce(WORKERS, [])
+
     def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease_s: float
     ) -> list[TaskRecord]:
-        table = self.table
         now = time.time()
-        due = (
-            sa.select(table.c.id)
-            .where(
-                table.c.status == TaskStatus.PENDING.value,
-                table.c.queue.in_(list(queues)),
-                table.c.available_at <= now,
-            )
-            .order_by(table.c.available_at, table.c.id)
-            .limit(limit)
-        )
-        if not self._sqlite:
-            due = due.with_for_update(skip_locked=True)
-        values = {
-            "status": TaskStatus.RUNNING.value,
-            "version": table.c.version + 1,
-            "attempts": table.c.attempts + 1,
-            "started_at": now,
-            "lease_until": now + lease_s,
-            "worker_id": worker_id,
+        parameters: dict[str, Any] = {
+            "p_queues": list(queues),
+            "p_now": now,
+            "p_limit": limit,
+            "p_lease_until": now + lease_s,
+            "p_worker": worker_id,
         }
         with self._connect(write=True) as conn:
             if self._returning:
-                statement = (
-                    table.update().where(table.c.id.in_(due.scalar_subquery())).values(values)
-                )
-                rows = conn.execute(statement.returning(*self._columns)).all()
+                rows = conn.execute(self._claim_statement, parameters).all()
                 return sorted((_record(row) for row in rows), key=_claim_order)
-            ids = list(conn.execute(due).scalars())
+            ids = list(conn.execute(self._due_statement, parameters).scalars())
             if not ids:
                 return []
-            conn.execute(table.update().where(table.c.id.in_(ids)).values(values))
-            rows = conn.execute(
-                sa.select(*self._columns)
-                .where(table.c.id.in_(ids))
-                .order_by(table.c.available_at, table.c.id)
-            ).all()
-        return [_record(row) for row in rows]
+            conn.execute(self._claim_statement, {**parameters, "p_ids": ids})
+            rows = conn.execute(self._get_many_statement, {"p_ids": ids}).all()
+        return sorted((_record(row) for row in rows), key=_claim_order)
 
     def extend_leases(self, worker_id: str, task_ids: Sequence[str], lease_s: float) -> set[str]:
         if not task_ids:
@@ -281,7 +343,10 @@ class SQLStorage(TaskStorage):
             .values(progress=progress)
         )
         with self._connect(write=True) as conn:
-            return bool(conn.execute(statement).rowcount)
+            stored = bool(conn.execute(statement).rowcount)
+        if stored and self._channel is not None:
+            self._channel.announce(WAITERS, [task_id])
+        return stored
 
     def delete_expired(self, limit: int) -> int:
         table = self.table
@@ -306,14 +371,14 @@ class SQLStorage(TaskStorage):
         return None if row is None else _record(row)
 
     def _select_one(self, conn: Connection, task_id: str) -> sa.Row[Any] | None:
-        return conn.execute(sa.select(*self._columns).where(self.table.c.id == task_id)).first()
+        return conn.execute(self._get_statement, {"p_id": task_id}).first()
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         records: list[TaskRecord] = []
         with self._connect() as conn:
             for start in range(0, len(task_ids), BATCH_SIZE):
                 batch = list(task_ids[start : start + BATCH_SIZE])
-                rows = conn.execute(sa.select(*self._columns).where(self.table.c.id.in_(batch)))
+                rows = conn.execute(self._get_many_statement, {"p_ids": batch})
                 records.extend(_record(row) for row in rows)
         return records
 
@@ -327,7 +392,20 @@ class SQLStorage(TaskStorage):
         with self._connect() as conn:
             return [_record(row) for row in conn.execute(statement)]
 
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None] | None:
+        if self._channel is None:
+            return None
+        return self._channel.listen(listener)
+
+    def wait_for_work(self, queues: Sequence[str], timeout_s: float, stop: threading.Event) -> None:
+        if self._channel is None:
+            stop.wait(timeout_s)
+            return
+        self._channel.wait_for_work(timeout_s, stop)
+
     def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         self.engine.dispose()
 
 
