@@ -80,6 +80,8 @@ class Settings:
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     #: Name of the SQL table that holds tasks (also the key prefix on Redis).
     table: str = DEFAULT_TABLE
+    #: How long the tombstone of a cleaned task is kept, so that its id reads as expired.
+    tombstone_s: float = 7 * 24 * 3600.0
     #: How often a worker deletes expired tasks.
     sweep_interval_s: float = 60.0
     #: How many times a task may be claimed before a lost worker fails it.
@@ -91,7 +93,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         scheme_of(self.dsn)
-        for name in ("retention_s", "poll_interval_s", "lease_s", "sweep_interval_s"):
+        for name in (
+            "retention_s",
+            "poll_interval_s",
+            "lease_s",
+            "sweep_interval_s",
+            "tombstone_s",
+        ):
             object.__setattr__(self, name, parse_duration(getattr(self, name), name))
         object.__setattr__(
             self, "connect_timeout_s", parse_duration(self.connect_timeout_s, "connect_timeout_s")
@@ -180,6 +188,7 @@ _ENVIRONMENT = (
     ("TASKFUTURE_QUEUES", "queues", _parse_queues),
     ("TASKFUTURE_TABLE", "table", _parse_text),
     ("TASKFUTURE_SWEEP_INTERVAL", "sweep_interval_s", _parse_duration_env),
+    ("TASKFUTURE_TOMBSTONE", "tombstone_s", _parse_duration_env),
     ("TASKFUTURE_MAX_ATTEMPTS", "max_attempts", _parse_int),
     ("TASKFUTURE_MAX_PAYLOAD_BYTES", "max_payload_bytes", _parse_int),
     ("TASKFUTURE_CONNECT_TIMEOUT", "connect_timeout_s", _parse_duration_env),

@@ -406,7 +406,7 @@ class TaskService:
         task_id = normalize_task_id(task_id)
         record = self.storage.get(task_id)
         if record is None:
-            raise TaskNotFoundError(task_id)
+            raise self._missing_error(task_id)
         future: TaskFuture[Any] = TaskFuture(self, task_id, record.status)
         self._apply(future, record)
         if not future.done():
@@ -418,8 +418,18 @@ class TaskService:
         task_id = normalize_task_id(task_id)
         record = self.storage.get(task_id)
         if record is None:
-            raise TaskNotFoundError(task_id)
+            raise self._missing_error(task_id)
         return record.status
+
+    def touch(self, task_id: str, retention_s: float | None = None) -> bool:
+        """Keep a finished task ``retention_s`` more seconds from now; see TaskFuture.touch."""
+        task_id = normalize_task_id(task_id)
+        seconds = self.settings.retention_s if retention_s is None else retention_s
+        seconds = parse_duration(seconds, "retention_s")
+        record = self.storage.touch(task_id, time.time() + seconds)
+        if record is None:
+            raise self._missing_error(task_id)
+        return record.status.terminal
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task by id; see :meth:`TaskFuture.cancel`."""
@@ -533,8 +543,17 @@ class TaskService:
         else:
             future._set_outcome(TaskStatus.CANCELLED)
 
-    def _resolve_missing(self, future: TaskFuture[Any]) -> None:
-        future._set_outcome(TaskStatus.FAILED, error=TaskNotFoundError(future.task_id))
+    def _missing_error(self, task_id: str) -> TaskNotFoundError:
+        """Return TaskExpiredError if a tombstone says the task expired, else TaskNotFoundError."""
+        if task_id in self.storage.expired_ids([task_id]):
+            return errors.TaskExpiredError(task_id)
+        return TaskNotFoundError(task_id)
+
+    def _resolve_missing(
+        self, future: TaskFuture[Any], error: TaskNotFoundError | None = None
+    ) -> None:
+        failure = error if error is not None else self._missing_error(future.task_id)
+        future._set_outcome(TaskStatus.FAILED, error=failure)
 
     def _cancel(self, future: TaskFuture[Any]) -> bool:
         """Move the task to CANCELLED unless it already finished; compare-and-set, retried."""

@@ -25,6 +25,8 @@ class _Store:
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.records: dict[str, TaskRecord] = {}
+        #: Id of a cleaned task -> when its tombstone may be forgotten.
+        self.tombstones: dict[str, float] = {}
         self.listeners: list[ChangeListener] = []
 
 
@@ -172,7 +174,17 @@ class MemoryStorage(TaskStorage):
             ][:limit]
             for task_id in expired:
                 del self._store.records[task_id]
+                self._store.tombstones[task_id] = now + self.settings.tombstone_s
+            forgotten = [key for key, until in self._store.tombstones.items() if until <= now]
+            for task_id in forgotten:
+                del self._store.tombstones[task_id]
         return len(expired)
+
+    def expired_ids(self, task_ids: Sequence[str]) -> set[str]:
+        now = time.time()
+        with self._store.lock:
+            tombstones = self._store.tombstones
+            return {task_id for task_id in task_ids if tombstones.get(task_id, 0.0) > now}
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None] | None:
         with self._store.lock:
