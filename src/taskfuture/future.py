@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from taskfuture import codec
 from taskfuture.errors import (
     TaskCancelledError,
+    TaskExpiredError,
     TaskNotCompletedError,
     TaskNotFoundError,
     TaskTimeoutError,
@@ -92,8 +93,8 @@ class TaskFuture(concurrent.futures.Future[R]):
             return self._status
         record = self._service.storage.get(self.task_id)
         if record is None:
-            error = TaskNotFoundError(self.task_id)
-            self._service._resolve_missing(self)
+            error = self._service._missing_error(self.task_id)
+            self._service._resolve_missing(self, error)
             raise error
         self._service._apply(self, record)
         return record.status
@@ -210,6 +211,17 @@ class TaskFuture(concurrent.futures.Future[R]):
         self._service._waiter.pin(self)
         self._progress_callbacks.append(fn)
 
+    def touch(self, retention_s: float | None = None) -> bool:
+        """Keep the finished task's record ``retention_s`` more seconds from now.
+
+        ``None`` uses the service's retention. Returns False when the task has
+        not finished yet (retention starts when it does).
+
+        Raises:
+            TaskNotFoundError: the record is gone (TaskExpiredError if it expired).
+        """
+        return self._service.touch(self.task_id, retention_s)
+
     async def progress_updates(self) -> AsyncIterator[Progress]:
         """Yield each new progress report as it arrives, ending when the task finishes.
 
@@ -286,6 +298,7 @@ class Waiter:
         self._futures: dict[str, list[weakref.ref[TaskFuture[Any]]]] = {}
         self._pinned: set[TaskFuture[Any]] = set()
         self._changed: set[str] = set()
+        self._resync = False
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -314,10 +327,17 @@ class Waiter:
             return len(self._futures)
 
     def notify(self, task_ids: Sequence[str]) -> None:
-        """Ask for an immediate read of ``task_ids``; push listeners call it."""
+        """Ask for an immediate read of ``task_ids``; push listeners call it.
+
+        An empty ``task_ids`` means the listener may have missed changes (it
+        subscribed again after a lost connection), so every open future is read.
+        """
         with self._lock:
-            self._changed.update(task_id for task_id in task_ids if task_id in self._futures)
-            if not self._changed:
+            if not task_ids:
+                self._resync = True
+            else:
+                self._changed.update(task_id for task_id in task_ids if task_id in self._futures)
+            if not self._changed and not self._resync:
                 return
         self._wake.set()
 
@@ -342,8 +362,9 @@ class Waiter:
                 if self._closed:
                     return
                 changed, self._changed = self._changed, set()
+                resync, self._resync = self._resync, False
             now = time.monotonic()
-            if now >= full_pass_due:
+            if now >= full_pass_due or resync:
                 ids = self._open_ids()
                 queries = self._poll(ids)
                 interval = SAFETY_RECHECK_S if self._unsubscribe else self._poll_interval_s
@@ -384,12 +405,17 @@ class Waiter:
 
     def _dispatch(self, batch: list[str], records: list[TaskRecord]) -> None:
         found = {record.task_id: record for record in records}
+        missing = [task_id for task_id in batch if task_id not in found]
+        expired = self._storage.expired_ids(missing) if missing else set()
         for task_id in batch:
             for future in self._futures_of(task_id):
                 record = found.get(task_id)
                 try:
                     if record is None:
-                        self._service._resolve_missing(future)
+                        error = (TaskExpiredError if task_id in expired else TaskNotFoundError)(
+                            task_id
+                        )
+                        self._service._resolve_missing(future, error)
                     else:
                         self._service._apply(future, record)
                 except Exception:

@@ -20,7 +20,9 @@ from typing import Any
 from taskfuture.config import Settings
 from taskfuture.models import TaskRecord, Transition
 
-#: Called with the ids of tasks whose state or progress changed.
+#: Called with the ids of tasks whose state or progress changed. An empty
+#: sequence means changes may have been missed (the engine's connection was
+#: lost and restored), so the listener should re-check everything it watches.
 ChangeListener = Callable[[Sequence[str]], None]
 
 
@@ -111,6 +113,36 @@ class TaskStorage(abc.ABC):
     def wait_for_work(self, queues: Sequence[str], timeout_s: float, stop: threading.Event) -> None:
         """Block up to ``timeout_s`` or until work may be available or ``stop`` is set."""
         stop.wait(timeout_s)
+
+    def touch(self, task_id: str, expires_at: float) -> TaskRecord | None:
+        """Set a terminal task's expiry; return the record, or None if it is missing.
+
+        Returns the unchanged record when the task is not terminal yet. The
+        default applies a same-status transition, so it is a compare-and-set
+        like every other change.
+        """
+        from taskfuture.errors import ConcurrentModificationError, TaskNotFoundError
+
+        while True:
+            record = self.get(task_id)
+            if record is None or not record.status.terminal:
+                return record
+            change = Transition(record.status, expires_at=expires_at)
+            try:
+                return self.transition(task_id, record.version, change)
+            except ConcurrentModificationError:
+                continue
+            except TaskNotFoundError:
+                return None
+
+    def expired_ids(self, task_ids: Sequence[str]) -> set[str]:
+        """Return the ids among ``task_ids`` whose records expired and were cleaned.
+
+        Backends keep a small tombstone per cleaned task for
+        ``settings.tombstone_s`` seconds; one without tombstones returns an
+        empty set, so callers report such ids as never existing.
+        """
+        return set()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the storage may not be used afterwards."""
