@@ -193,13 +193,31 @@ class Worker:
                 logger.error("Worker %s failed to claim tasks: %s; retrying", self.worker_id, exc)
                 self._stopping.wait(min(5.0, self.settings.poll_interval_s * 10))
                 continue
+            except Exception:
+                # A damaged record must not stop the worker: log it and go on.
+                logger.exception("Worker %s failed to claim tasks; retrying", self.worker_id)
+                self._stopping.wait(min(5.0, self.settings.poll_interval_s * 10))
+                continue
             if not records:
-                self.storage.wait_for_work(
-                    self.queues, self.settings.poll_interval_s, self._stopping
-                )
+                self._wait_for_work()
                 continue
             for record in records:
-                self._dispatch(record)
+                self._dispatch_safely(record)
+
+    def _wait_for_work(self) -> None:
+        try:
+            self.storage.wait_for_work(self.queues, self.settings.poll_interval_s, self._stopping)
+        except StorageError as exc:
+            logger.error("Worker %s failed to wait for work: %s", self.worker_id, exc)
+            self._stopping.wait(self.settings.poll_interval_s)
+
+    def _dispatch_safely(self, record: TaskRecord) -> None:
+        try:
+            self._dispatch(record)
+        except Exception as exc:
+            logger.exception("Task %s (%s) could not be started", record.task_id, record.name)
+            self._forget(record.task_id)
+            self._fail_now(record, "RuntimeError", f"the worker could not start the task: {exc}")
 
     def _dispatch(self, record: TaskRecord) -> None:
         logger.debug(
