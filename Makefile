@@ -41,7 +41,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m chaos tests/test_chaos.py $(PYTEST_ARGS)
+	TASKFUTURE_CHAOS_FULL=1 $(BIN)/python -m pytest -q -ra -m chaos tests/test_chaos.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache demo-output
