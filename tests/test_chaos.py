@@ -116,7 +116,7 @@ def run_chaos(service: TaskService, folder: Path, task_count: int, chaos_s: floa
         while time.monotonic() < deadline and sum(f.done() for f in futures) < 0.9 * task_count:
             time.sleep(0.2)
         fleet.calm()
-        done, not_done = concurrent.futures.wait(futures, timeout=240)
+        _, not_done = concurrent.futures.wait(futures, timeout=240)
     finally:
         fleet.close()
 
