@@ -190,7 +190,10 @@ def result(ctx: click.Context, task_id: str, timeout: float | None) -> None:
             click.echo(f"error: {exc}", err=True)
             raise SystemExit(1) from None
         except TaskFailedError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # Not str(exc): a rebuilt builtin such as OSError drops the file name from it.
+            click.echo(
+                f"error: task {exc.task_id} failed with {exc.type_name}: {exc.message}", err=True
+            )
             if exc.remote_traceback:
                 click.echo(exc.remote_traceback.rstrip(), err=True)
             raise SystemExit(1) from None
