@@ -38,7 +38,7 @@ ENGINE_DSNS: dict[str, str | None] = {
 }
 
 #: Engines whose backend is implemented; the contract suite runs on each.
-ENGINES = ["memory", "sqlite"]
+ENGINES = ["memory", "sqlite", "postgresql", "mariadb"]
 
 
 def reachable(dsn: str) -> bool:

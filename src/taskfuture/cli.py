@@ -246,6 +246,22 @@ def schema_create(ctx: click.Context) -> None:
         )
 
 
+@schema.command("upgrade")
+@click.pass_context
+def schema_upgrade(ctx: click.Context) -> None:
+    """Apply pending schema migrations, creating the task table if missing; safe to repeat."""
+    with _clear_errors():
+        service = _service(ctx)
+        applied = service.storage.upgrade_schema()
+        where = f"{service.settings.masked_dsn} (table {service.settings.table})"
+        for description in applied:
+            click.echo(f"applied schema {description}")
+        if applied:
+            click.echo(f"schema up to date on {where}")
+        else:
+            click.echo(f"schema already up to date on {where}")
+
+
 @main.command()
 @click.option(
     "--workdir",

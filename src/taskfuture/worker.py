@@ -104,6 +104,8 @@ class Worker:
     def start(self) -> None:
         """Start the worker's threads and return; stop it with :meth:`stop`."""
         self.storage.setup()
+        # One connection per task thread, plus the fetch, heartbeat, sweep and waiter threads.
+        self.storage.reserve_connections(self.concurrency + 4)
         logger.info(
             "Worker %s starting on %s, queues %s, concurrency %d",
             self.worker_id,

@@ -53,6 +53,16 @@ class TaskStorage(abc.ABC):
         that support it; others raise ConfigurationError when it is given.
         """
 
+    def watch_transaction(self, connection: Any) -> Callable[[], bool]:
+        """Return a function that tells whether the transaction of ``connection`` has ended.
+
+        Called after :meth:`enqueue` wrote into that application transaction.
+        The function returns True once the transaction committed or rolled
+        back, so that a record still missing then will never appear. Engines
+        whose writes are visible at once keep this default.
+        """
+        return _transaction_ended
+
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """Return the record of ``task_id``, or None when there is none."""
@@ -144,5 +154,17 @@ class TaskStorage(abc.ABC):
         """
         return set()
 
+    def reserve_connections(self, count: int) -> None:  # noqa: B027 - optional hook
+        """Keep enough pooled connections for ``count`` threads that use storage at once."""
+
+    def upgrade_schema(self) -> list[str]:
+        """Apply pending schema migrations, creating what is missing; describe each one applied."""
+        self.setup()
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the storage may not be used afterwards."""
+
+
+def _transaction_ended() -> bool:
+    return True

@@ -1,25 +1,40 @@
 """The SQL backend on SQLAlchemy 2 Core: SQLite, PostgreSQL and MySQL/MariaDB.
 
-One table holds both the state and the queue of tasks. A worker claims due
-PENDING rows in one statement (an immediate transaction on SQLite, ``FOR
-UPDATE SKIP LOCKED`` on PostgreSQL and MySQL/MariaDB), and every later
-transition is an ``UPDATE ... WHERE version = :expected`` compare-and-set.
+One table contains both the state and the queue of tasks. A worker claims due
+PENDING rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MySQL/MariaDB
+(so workers never wait for each other or take the same row) and in an
+immediate transaction on SQLite. Every later transition is an ``UPDATE ...
+WHERE version = :expected`` compare-and-set.
+
+PostgreSQL and MySQL/MariaDB connections run in autocommit mode, so that an
+operation made of one statement costs one round trip; operations of several
+statements open their transaction by hand. A statement that fails because
+its pooled connection was dropped (server restart, ``pg_terminate_backend``,
+``KILL``) is retried once on a new connection where that is safe.
+
+Idle workers and waiting callers are woken at once: on PostgreSQL by
+triggers (schema version 2) that send ``NOTIFY`` in the writing transaction,
+heard on one LISTEN connection per process; on SQLite by datagrams through a
+:class:`~taskfuture.backends.local_channel.LocalChannel` beside the database
+file. MySQL/MariaDB relies on the batched poll.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from taskfuture.backends import sql_migrations
 from taskfuture.backends.base import ChangeListener, TaskStorage
 from taskfuture.backends.local_channel import WAITERS, WORKERS, LocalChannel
 from taskfuture.config import Settings
@@ -31,12 +46,20 @@ from taskfuture.errors import (
 )
 from taskfuture.models import TaskRecord, TaskStatus, Transition
 
+if TYPE_CHECKING:
+    import psycopg
+
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 #: Ids per ``IN (...)`` list; below SQLite's limit of 32766 bound parameters.
 BATCH_SIZE = 5000
+
+#: Pooled connections kept open before a worker reserves more.
+DEFAULT_POOL_SIZE = 5
+#: Connections a pool may open beyond its size under a burst.
+POOL_OVERFLOW = 10
 
 _LONG_TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
@@ -48,9 +71,16 @@ _DEFAULT_DRIVERS = {
     "mariadb": "mariadb+pymysql",
 }
 
+_PENDING = TaskStatus.PENDING.value
+_RUNNING = TaskStatus.RUNNING.value
+
 
 def build_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
-    """Describe the task table; the column order matches :class:`TaskRecord`."""
+    """Describe the task table's columns for queries; the column order matches :class:`TaskRecord`.
+
+    The migrations in :mod:`taskfuture.backends.sql_migrations` create the
+    table and its indexes.
+    """
     metadata = metadata if metadata is not None else sa.MetaData()
     return sa.Table(
         name,
@@ -73,9 +103,16 @@ def build_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("result", _LONG_TEXT),
         sa.Column("error", _LONG_TEXT),
         sa.Column("progress", sa.Text),
-        sa.Index(f"ix_{name}_claim", "status", "queue", "available_at"),
-        sa.Index(f"ix_{name}_lease", "status", "lease_until"),
-        sa.Index(f"ix_{name}_expires", "expires_at"),
+    )
+
+
+def build_tombstone_table(task_table: str, metadata: sa.MetaData | None = None) -> sa.Table:
+    """Describe the table of tombstones: ids of cleaned tasks and when to forget them."""
+    return sa.Table(
+        sql_migrations.tombstone_table_name(task_table),
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("forget_at", sa.Double, nullable=False),
     )
 
 
@@ -104,14 +141,27 @@ class SQLStorage(TaskStorage):
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         super().__init__(settings)
         self.table = build_table(settings.table)
+        self.tombstones = build_tombstone_table(settings.table)
+        self._url = _engine_url(settings.dsn) if engine is None else engine.url
+        self._pool_size = DEFAULT_POOL_SIZE
+        self._owns_engine = engine is None
         self.engine = engine if engine is not None else self._create_engine()
         self.dialect = self.engine.dialect.name
         self._sqlite = self.dialect == "sqlite"
+        self._postgresql = self.dialect == "postgresql"
         self._is_mysql = self.dialect in ("mysql", "mariadb")
         self._returning = self.engine.dialect.update_returning
         self._columns = list(self.table.c)
-        self._prepare_statements()
+        self._statements = _Statements(self.table, self.tombstones, self.dialect, self._returning)
         self._ready = False
+        # PostgreSQL push: one handler on this process's LISTEN connection.
+        self._listens = self._postgresql and self.engine.dialect.driver == "psycopg"
+        self.pushes_changes = self._listens
+        self._push_lock = threading.Lock()
+        self._unlisten: Callable[[], None] | None = None
+        self._change_listeners: list[ChangeListener] = []
+        self._work_events: dict[frozenset[str], threading.Event] = {}
+        # SQLite push: datagrams to the other processes that use the same file.
         self._channel: LocalChannel | None = None
         if self._sqlite:
             self.setup()
@@ -120,120 +170,155 @@ class SQLStorage(TaskStorage):
                 self._channel = LocalChannel(Path(database))
                 self.pushes_changes = True
 
-    def _prepare_statements(self) -> None:
-        """Build the hot statements once; per-call construction costs more than the query."""
-        table = self.table
-        column = table.c
-        self._get_statement = sa.select(*self._columns).where(column.id == sa.bindparam("p_id"))
-        self._get_many_statement = sa.select(*self._columns).where(
-            column.id.in_(sa.bindparam("p_ids", expanding=True))
-        )
-        self._version_statement = sa.select(column.version).where(column.id == sa.bindparam("p_id"))
-        due = (
-            sa.select(column.id)
-            .where(
-                column.status == TaskStatus.PENDING.value,
-                column.queue.in_(sa.bindparam("p_queues", expanding=True)),
-                column.available_at <= sa.bindparam("p_now"),
-            )
-            .order_by(column.available_at, column.id)
-            .limit(sa.bindparam("p_limit", type_=sa.Integer))
-        )
-        if not self._sqlite:
-            due = due.with_for_update(skip_locked=True)
-        self._due_statement = due
-        claim_values = {
-            "status": TaskStatus.RUNNING.value,
-            "version": column.version + 1,
-            "attempts": column.attempts + 1,
-            "started_at": sa.bindparam("p_now"),
-            "lease_until": sa.bindparam("p_lease_until"),
-            "worker_id": sa.bindparam("p_worker"),
-        }
-        self._claim_statement: Any
-        if self._returning:
-            self._claim_statement = (
-                table.update()
-                .where(column.id.in_(due.scalar_subquery()))
-                .values(claim_values)
-                .returning(*self._columns)
-            )
-        else:
-            self._claim_statement = (
-                table.update()
-                .where(column.id.in_(sa.bindparam("p_ids", expanding=True)))
-                .values(claim_values)
-            )
-        self._transition_statements: dict[tuple[str, ...], Any] = {}
-
-    def _transition_statement(self, fields: tuple[str, ...]) -> Any:
-        statement = self._transition_statements.get(fields)
-        if statement is None:
-            column = self.table.c
-            statement = (
-                self.table.update()
-                .where(
-                    column.id == sa.bindparam("p_id"), column.version == sa.bindparam("p_version")
-                )
-                .values(version=column.version + 1, **{f: sa.bindparam(f"p_{f}") for f in fields})
-            )
-            if self._returning:
-                statement = statement.returning(*self._columns)
-            self._transition_statements[fields] = statement
-        return statement
-
     # -- engine ------------------------------------------------------------
 
     def _create_engine(self) -> Engine:
-        url = _engine_url(self.settings.dsn)
+        url = self._url
         backend = url.get_backend_name()
-        options: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": backend != "sqlite"}
-        connect_args: dict[str, Any] = {}
+        options: dict[str, Any] = {"hide_parameters": True}
         if backend == "sqlite":
-            connect_args = {"timeout": 30.0, "check_same_thread": False}
-        elif backend == "postgresql" or backend in ("mysql", "mariadb"):
-            connect_args = {"connect_timeout": max(1, round(self.settings.connect_timeout_s))}
-        engine = sa.create_engine(url, connect_args=connect_args, **options)
-        if backend == "sqlite":
+            engine = sa.create_engine(
+                url, connect_args={"timeout": 30.0, "check_same_thread": False}, **options
+            )
             _configure_sqlite(engine)
+            return engine
+        options.update(
+            isolation_level="AUTOCOMMIT",
+            # Connections stay in autocommit mode, so the pool's ROLLBACK on
+            # check-in would be a wasted round trip.
+            skip_autocommit_rollback=True,
+            pool_size=self._pool_size,
+            max_overflow=POOL_OVERFLOW,
+            pool_timeout=max(1.0, self.settings.connect_timeout_s),
+        )
+        engine = sa.create_engine(url, connect_args=self._connect_args(), **options)
+        if backend in ("mysql", "mariadb"):
+            _configure_mysql(engine)
         return engine
 
-    @contextmanager
-    def _connect(self, write: bool = False) -> Iterator[Connection]:
-        """Open a transaction; SQLite write transactions take the lock at BEGIN."""
-        try:
-            with self.engine.connect() as conn:
-                if write and self._sqlite:
+    def _connect_args(self) -> dict[str, Any]:
+        return {"connect_timeout": max(1, round(self.settings.connect_timeout_s))}
+
+    def reserve_connections(self, count: int) -> None:
+        """Grow the pool to keep ``count`` connections, one per thread that uses storage."""
+        if count <= self._pool_size or not self._owns_engine or self._sqlite:
+            return
+        self._pool_size = count
+        old = self.engine
+        self.engine = self._create_engine()
+        old.dispose()
+        logger.debug("Pool of %s sized to %d connections", self.description, count)
+
+    def _execute(self, operation: Callable[[Connection], _T], transaction: bool, write: bool) -> _T:
+        """Run ``operation`` once on a pooled connection; SQLAlchemy errors pass through."""
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                if write:
                     conn = conn.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
-                    yield conn
+                    return operation(conn)
+            if not transaction:
+                return operation(conn)
+            conn.exec_driver_sql("BEGIN")
+            try:
+                result = operation(conn)
+            except BaseException:
+                if not conn.invalidated:
+                    with suppress(sa.exc.SQLAlchemyError):
+                        conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+            return result
+
+    def _run(
+        self,
+        operation: Callable[[Connection], _T],
+        *,
+        transaction: bool = False,
+        write: bool = False,
+        retry: Callable[[Connection], _T] | None = None,
+        idempotent: bool = True,
+    ) -> _T:
+        """Run ``operation``, retrying once on a new connection if the first one was dropped.
+
+        ``retry`` replaces ``operation`` on the second try, for writes that must
+        first check whether the lost attempt took effect. Without ``retry``,
+        ``idempotent=False`` turns retries off.
+        """
+        try:
+            return self._execute(operation, transaction, write)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated or (retry is None and not idempotent):
+                raise self._storage_error(exc) from exc
+            logger.warning(
+                "Connection to %s was dropped (%s); retrying on a new connection",
+                self.description,
+                self._error_detail(exc),
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._storage_error(exc) from exc
+        try:
+            return self._execute(retry or operation, transaction, write)
         except sa.exc.SQLAlchemyError as exc:
             raise self._storage_error(exc) from exc
 
-    def _storage_error(self, exc: BaseException) -> StorageError:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        password = sa.make_url(self.settings.dsn).password if "@" in self.settings.dsn else None
+    def _error_detail(self, exc: BaseException) -> str:
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        detail = text.splitlines()[0] if text else type(exc).__name__
+        password = self._url.password
         if password:
             detail = detail.replace(str(password), "***")
-        return StorageError(f"{self.dialect} storage failed ({self.description}): {detail}")
+        return detail
 
-    def _run(self, operation: Callable[[], _T]) -> _T:
-        try:
-            return operation()
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._storage_error(exc) from exc
+    def _storage_error(self, exc: BaseException) -> StorageError:
+        return StorageError(
+            f"{self.dialect} storage failed ({self.description}): {self._error_detail(exc)}"
+        )
 
     # -- schema ------------------------------------------------------------
 
     def setup(self) -> None:
+        """Create the table at the latest schema version if it is missing.
+
+        Raises:
+            ConfigurationError: the table exists at an older schema version;
+                ``taskfuture schema upgrade`` migrates it.
+        """
         if self._ready:
             return
-        self._run(lambda: self.table.metadata.create_all(self.engine, checkfirst=True))
+        try:
+            if sql_migrations.check(self.engine, self.table.name) is None:
+                sql_migrations.upgrade(self.engine, self.table.name)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._storage_error(exc) from exc
         self._ready = True
 
+    def upgrade_schema(self) -> list[str]:
+        """Apply pending migrations (creating the table if missing); describe each one applied."""
+        try:
+            applied = sql_migrations.upgrade(self.engine, self.table.name)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._storage_error(exc) from exc
+        self._ready = True
+        return [f"version {migration.version}: {migration.description}" for migration in applied]
+
+    def schema_version(self) -> int | None:
+        """Return the table's schema version, or None when the table does not exist."""
+
+        def read(conn: Connection) -> int | None:
+            return sql_migrations.current_version(conn, self.table.name)
+
+        return self._run(read)
+
     def drop(self) -> None:
-        """Drop the task table; for tests and tear-down scripts."""
-        self._run(lambda: self.table.drop(self.engine, checkfirst=True))
+        """Drop the task table and its version record; for tests and tear-down scripts."""
+
+        def drop(conn: Connection) -> None:
+            self.table.drop(conn, checkfirst=True)
+            self.tombstones.drop(conn, checkfirst=True)
+            sql_migrations.forget(conn, self.table.name)
+
+        self._run(drop, write=True)
         self._ready = False
 
     # -- writes ------------------------------------------------------------
@@ -245,48 +330,104 @@ class SQLStorage(TaskStorage):
         if connection is not None:
             self._enqueue_in(connection, rows)
             return
-        with self._connect(write=True) as conn:
-            conn.execute(self.table.insert(), rows)
+        parameters: list[dict[str, Any]] | dict[str, Any] = rows if len(rows) > 1 else rows[0]
+        insert = self._statements.insert
+        select_one = self._statements.select_one
+
+        def write(conn: Connection) -> None:
+            conn.execute(insert, parameters)
+
+        def write_unless_done(conn: Connection) -> None:
+            # The batch is all or none, so if its first row exists the lost
+            # attempt committed every row.
+            if conn.execute(select_one, {"p_task_id": rows[0]["id"]}).first() is None:
+                conn.execute(insert, parameters)
+
+        self._run(write, transaction=len(rows) > 1, write=True, retry=write_unless_done)
         if self._channel is not None:
             self._channel.announce(WORKERS, [])
 
     def _enqueue_in(self, connection: Any, rows: list[dict[str, Any]]) -> None:
-        conn = (
-            connection.connection()
-            if hasattr(connection, "connection") and not isinstance(connection, Connection)
-            else connection
-        )
-        if not isinstance(conn, Connection):
-            raise ConfigurationError(
-                f"connection={connection!r} is not a SQLAlchemy Connection or Session"
-            )
+        conn = self._application_connection(connection)
         try:
-            conn.execute(self.table.insert(), rows)
+            conn.execute(self._statements.insert, rows if len(rows) > 1 else rows[0])
         except sa.exc.SQLAlchemyError as exc:
             raise self._storage_error(exc) from exc
 
+    def _application_connection(self, connection: Any) -> Connection:
+        """Return the Connection of an application's Connection or ORM Session."""
+        from sqlalchemy.orm import Session
+
+        if isinstance(connection, Session):
+            try:
+                conn = connection.connection()
+            except sa.exc.SQLAlchemyError as exc:
+                raise ConfigurationError(
+                    f"cannot get a connection from session {connection!r}: {exc}; "
+                    "pass connection=session.connection(...) with the right bind"
+                ) from None
+        elif isinstance(connection, Connection):
+            conn = connection
+        else:
+            raise ConfigurationError(
+                f"invalid connection {connection!r}: expected a SQLAlchemy Connection or "
+                "ORM Session on the database that holds the task table"
+            )
+        theirs, ours = conn.engine.url, self._url
+        if (_family(conn.dialect.name), _database_of(theirs)) != (
+            _family(self.dialect),
+            _database_of(ours),
+        ):
+            raise ConfigurationError(
+                "the connection passed to submit is on "
+                f"{theirs.render_as_string(hide_password=True)}, but the task table is on "
+                f"{ours.render_as_string(hide_password=True)}; a transactional submit must "
+                "use the database that holds the task table"
+            )
+        return conn
+
+    def watch_transaction(self, connection: Any) -> Callable[[], bool]:
+        conn = self._application_connection(connection)
+        transaction = conn.get_transaction()
+        if transaction is None:
+            return _always_true
+        # RootTransaction.is_active turns False only after the DBAPI commit or
+        # rollback has returned, so a read made afterwards sees the outcome.
+        return lambda: not transaction.is_active
+
     def transition(self, task_id: str, expected_version: int, change: Transition) -> TaskRecord:
         values = _transition_values(change)
-        statement = self._transition_statement(tuple(values))
-        parameters = {f"p_{field}": value for field, value in values.items()}
-        parameters["p_id"] = task_id
-        parameters["p_version"] = expected_version
-        with self._connect(write=True) as conn:
+        statement = self._statements.transition(tuple(values), self._returning)
+        parameters = {f"p_{key}": value for key, value in values.items()}
+        parameters["p_task_id"] = task_id
+        parameters["p_expected_version"] = expected_version
+        select_one = self._statements.select_one
+
+        def apply(conn: Connection, after_drop: bool = False) -> TaskRecord:
             if self._returning:
                 row = conn.execute(statement, parameters).first()
             else:
                 updated = conn.execute(statement, parameters).rowcount
-                row = self._select_one(conn, task_id) if updated else None
-            exists = None
-            if row is None:
-                exists = conn.execute(self._version_statement, {"p_id": task_id}).first()
-        if row is not None:
-            record = _record(row)
-            self._announce_change(record)
-            return record
-        if exists is None:
-            raise TaskNotFoundError(task_id)
-        raise ConcurrentModificationError(task_id, expected_version)
+                row = conn.execute(select_one, {"p_task_id": task_id}).first() if updated else None
+            if row is not None:
+                return _record(row)
+            current = conn.execute(select_one, {"p_task_id": task_id}).first()
+            if current is None:
+                raise TaskNotFoundError(task_id)
+            record = _record(current)
+            if after_drop and _shows_change(record, expected_version, values):
+                # The dropped connection had committed this very change.
+                return record
+            raise ConcurrentModificationError(task_id, expected_version)
+
+        record = self._run(
+            apply,
+            transaction=self._is_mysql,
+            write=True,
+            retry=lambda conn: apply(conn, after_drop=True),
+        )
+        self._announce_change(record)
+        return record
 
     def _announce_change(self, record: TaskRecord) -> None:
         """Wake local waiters of a finished or requeued task, and idle workers of a requeue."""
@@ -301,112 +442,428 @@ class SQLStorage(TaskStorage):
     ) -> list[TaskRecord]:
         now = time.time()
         parameters: dict[str, Any] = {
-            "p_queues": list(queues),
             "p_now": now,
             "p_limit": limit,
             "p_lease_until": now + lease_s,
-            "p_worker": worker_id,
+            "p_worker_id": worker_id,
         }
-        with self._connect(write=True) as conn:
-            if self._returning:
-                rows = conn.execute(self._claim_statement, parameters).all()
-                return sorted((_record(row) for row in rows), key=_claim_order)
-            ids = list(conn.execute(self._due_statement, parameters).scalars())
-            if not ids:
-                return []
-            conn.execute(self._claim_statement, {**parameters, "p_ids": ids})
-            rows = conn.execute(self._get_many_statement, {"p_ids": ids}).all()
-        return sorted((_record(row) for row in rows), key=_claim_order)
+        if len(queues) == 1:
+            statement = self._statements.claim_one_queue
+            parameters["p_queue"] = queues[0]
+        else:
+            statement = self._statements.claim_queues
+            parameters["p_queues"] = list(queues)
+
+        # A claim whose commit was lost with its connection leaves rows that
+        # no worker runs; their lease runs out and they are claimed again.
+        if not self._statements.claim_returns_rows:
+            return self._run(
+                lambda conn: self._claim_locked(conn, statement, parameters),
+                transaction=True,
+                write=True,
+            )
+
+        def claim(conn: Connection) -> list[TaskRecord]:
+            rows = conn.execute(statement, parameters).all()
+            return sorted((_record(row) for row in rows), key=_claim_order)
+
+        return self._run(claim, write=True)
+
+    def _claim_locked(
+        self, conn: Connection, due: sa.Executable, parameters: dict[str, Any]
+    ) -> list[TaskRecord]:
+        """Lock due rows, update them and build the claimed records without reading them again."""
+        records = [_record(row) for row in conn.execute(due, parameters)]
+        if not records:
+            return []
+        conn.execute(
+            self._statements.mark_claimed,
+            {**parameters, "p_task_ids": [record.task_id for record in records]},
+        )
+        for record in records:
+            record.status = TaskStatus.RUNNING
+            record.version += 1
+            record.attempts += 1
+            record.started_at = parameters["p_now"]
+            record.lease_until = parameters["p_lease_until"]
+            record.worker_id = parameters["p_worker_id"]
+        return records
 
     def extend_leases(self, worker_id: str, task_ids: Sequence[str], lease_s: float) -> set[str]:
         if not task_ids:
             return set()
-        table = self.table
-        held = (
-            table.c.id.in_(list(task_ids)),
-            table.c.status == TaskStatus.RUNNING.value,
-            table.c.worker_id == worker_id,
-        )
-        with self._connect(write=True) as conn:
-            conn.execute(table.update().where(*held).values(lease_until=time.time() + lease_s))
-            return set(conn.execute(sa.select(table.c.id).where(*held)).scalars())
+        parameters = {
+            "p_task_ids": list(task_ids),
+            "p_worker_id": worker_id,
+            "p_lease_until": time.time() + lease_s,
+        }
+        statements = self._statements
+
+        def extend(conn: Connection) -> set[str]:
+            if self._returning:
+                return set(conn.execute(statements.extend_returning, parameters).scalars())
+            conn.execute(statements.extend, parameters)
+            return set(conn.execute(statements.held_ids, parameters).scalars())
+
+        return self._run(extend, write=True)
 
     def set_progress(self, task_id: str, worker_id: str, progress: str) -> bool:
-        table = self.table
-        statement = (
-            table.update()
-            .where(
-                table.c.id == task_id,
-                table.c.status == TaskStatus.RUNNING.value,
-                table.c.worker_id == worker_id,
-            )
-            .values(progress=progress)
-        )
-        with self._connect(write=True) as conn:
-            stored = bool(conn.execute(statement).rowcount)
+        parameters = {"p_task_id": task_id, "p_worker_id": worker_id, "p_progress": progress}
+        statement = self._statements.set_progress
+
+        def store(conn: Connection) -> bool:
+            return bool(conn.execute(statement, parameters).rowcount)
+
+        stored = self._run(store, write=True)
         if stored and self._channel is not None:
             self._channel.announce(WAITERS, [task_id])
         return stored
 
     def delete_expired(self, limit: int) -> int:
-        table = self.table
+        """Delete up to ``limit`` expired tasks, leaving a tombstone for each; return how many.
+
+        Tombstones past their time are deleted in the same transaction.
+        """
         now = time.time()
-        with self._connect(write=True) as conn:
-            if self._is_mysql:
-                statement = (
-                    table.delete()
-                    .where(table.c.expires_at <= now)
-                    .with_dialect_options(mysql_limit=limit, mariadb_limit=limit)
+        forget_at = now + self.settings.tombstone_s
+        statements = self._statements
+
+        def sweep(conn: Connection) -> int:
+            ids = list(conn.execute(statements.expired_ids(limit), {"p_now": now}).scalars())
+            deleted = 0
+            if ids:
+                conn.execute(
+                    statements.insert_tombstone,
+                    [{"id": task_id, "forget_at": forget_at} for task_id in ids],
                 )
-            else:
-                expired = sa.select(table.c.id).where(table.c.expires_at <= now).limit(limit)
-                statement = table.delete().where(table.c.id.in_(expired.scalar_subquery()))
-            return int(conn.execute(statement).rowcount)
+                deleted = conn.execute(statements.delete_by_ids, {"p_task_ids": ids}).rowcount
+            conn.execute(statements.forget_tombstones(limit), {"p_now": now})
+            return int(deleted)
+
+        return self._run(sweep, transaction=True, write=True)
+
+    def expired_ids(self, task_ids: Sequence[str]) -> set[str]:
+        statement = self._statements.tombstoned
+        now = time.time()
+
+        def read(conn: Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(task_ids), BATCH_SIZE):
+                batch = list(task_ids[start : start + BATCH_SIZE])
+                found.update(conn.execute(statement, {"p_task_ids": batch, "p_now": now}).scalars())
+            return found
+
+        return self._run(read)
 
     # -- reads -------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
-        with self._connect() as conn:
-            row = self._select_one(conn, task_id)
-        return None if row is None else _record(row)
+        statement = self._statements.select_one
 
-    def _select_one(self, conn: Connection, task_id: str) -> sa.Row[Any] | None:
-        return conn.execute(self._get_statement, {"p_id": task_id}).first()
+        def read(conn: Connection) -> TaskRecord | None:
+            row = conn.execute(statement, {"p_task_id": task_id}).first()
+            return None if row is None else _record(row)
+
+        return self._run(read)
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
-        records: list[TaskRecord] = []
-        with self._connect() as conn:
+        statement = self._statements.select_many
+
+        def read(conn: Connection) -> list[TaskRecord]:
+            records: list[TaskRecord] = []
             for start in range(0, len(task_ids), BATCH_SIZE):
                 batch = list(task_ids[start : start + BATCH_SIZE])
-                rows = conn.execute(self._get_many_statement, {"p_ids": batch})
-                records.extend(_record(row) for row in rows)
-        return records
+                records.extend(
+                    _record(row) for row in conn.execute(statement, {"p_task_ids": batch})
+                )
+            return records
+
+        return self._run(read)
 
     def find_expired_leases(self, limit: int) -> list[TaskRecord]:
-        table = self.table
-        statement = (
-            sa.select(*self._columns)
-            .where(table.c.status == TaskStatus.RUNNING.value, table.c.lease_until < time.time())
-            .limit(limit)
-        )
-        with self._connect() as conn:
-            return [_record(row) for row in conn.execute(statement)]
+        statement = self._statements.expired_leases
+        parameters = {"p_now": time.time(), "p_limit": limit}
+
+        def read(conn: Connection) -> list[TaskRecord]:
+            return [_record(row) for row in conn.execute(statement, parameters)]
+
+        return self._run(read)
+
+    # -- push -------------------------------------------------------------------
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None] | None:
-        if self._channel is None:
+        if self._channel is not None:
+            return self._channel.listen(listener)
+        if not self._listens:
             return None
-        return self._channel.listen(listener)
+        with self._push_lock:
+            self._change_listeners.append(listener)
+        self._listen()
+
+        def unsubscribe() -> None:
+            with self._push_lock:
+                if listener in self._change_listeners:
+                    self._change_listeners.remove(listener)
+
+        return unsubscribe
 
     def wait_for_work(self, queues: Sequence[str], timeout_s: float, stop: threading.Event) -> None:
-        if self._channel is None:
-            stop.wait(timeout_s)
+        if self._channel is not None:
+            self._channel.wait_for_work(timeout_s, stop)
             return
-        self._channel.wait_for_work(timeout_s, stop)
+        if not self._listens:
+            super().wait_for_work(queues, timeout_s, stop)
+            return
+        key = frozenset(queues)
+        with self._push_lock:
+            event = self._work_events.setdefault(key, threading.Event())
+        self._listen()
+        # The event stays set when a notification came while the worker was
+        # claiming, so that commit is not missed. The price is at most one
+        # claim that finds nothing.
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if event.wait(min(remaining, 0.5)):
+                event.clear()
+                return
+
+    def _listen(self) -> None:
+        """Subscribe this storage to the process's LISTEN connection, once."""
+        from taskfuture.backends import pg_listen
+
+        with self._push_lock:
+            if self._unlisten is not None:
+                return
+            key = self._url.render_as_string(hide_password=False)
+            self._unlisten = pg_listen.subscribe(
+                key, self._listen_connection, self.description, self.table.name, self._on_notify
+            )
+
+    def _listen_connection(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self._url)
+        kwargs.update(self._connect_args())
+        return psycopg.connect(*args, autocommit=True, **kwargs)
+
+    def _on_notify(self, payloads: list[str] | None) -> None:
+        with self._push_lock:
+            listeners = list(self._change_listeners)
+            events = list(self._work_events.items())
+        if payloads is None:
+            for _, event in events:
+                event.set()
+            for listener in listeners:
+                listener([])
+            return
+        queues = {payload[2:] for payload in payloads if payload.startswith("w:")}
+        changed = [payload[2:] for payload in payloads if payload.startswith("c:")]
+        if queues:
+            for key, event in events:
+                if key & queues:
+                    event.set()
+        if changed:
+            for listener in listeners:
+                listener(changed)
 
     def close(self) -> None:
+        with self._push_lock:
+            unlisten, self._unlisten = self._unlisten, None
+        if unlisten is not None:
+            unlisten()
         if self._channel is not None:
             self._channel.close()
         self.engine.dispose()
+
+
+class _Statements:
+    """Statements built once per storage, so that SQLAlchemy reuses their compiled form."""
+
+    def __init__(
+        self, table: sa.Table, tombstones: sa.Table, dialect: str, returning: bool
+    ) -> None:
+        self.table = table
+        self.tombstones = tombstones
+        self._dialect = dialect
+        columns = list(table.c)
+        if dialect == "postgresql":
+            # One array parameter, whatever the number of ids, keeps the SQL
+            # text constant, so that psycopg prepares it once.
+            ids_match = table.c.id == sa.any_(
+                sa.bindparam("p_task_ids", type_=postgresql.ARRAY(sa.String))
+            )
+            queues_match = table.c.queue == sa.any_(
+                sa.bindparam("p_queues", type_=postgresql.ARRAY(sa.String))
+            )
+        else:
+            ids_match = table.c.id.in_(sa.bindparam("p_task_ids", expanding=True))
+            queues_match = table.c.queue.in_(sa.bindparam("p_queues", expanding=True))
+        held_by_worker = (
+            ids_match,
+            table.c.status == _RUNNING,
+            table.c.worker_id == sa.bindparam("p_worker_id"),
+        )
+
+        self.insert = table.insert()
+        self.select_one = sa.select(*columns).where(table.c.id == sa.bindparam("p_task_id"))
+        self.select_many = sa.select(*columns).where(ids_match)
+        self.expired_leases = (
+            sa.select(*columns)
+            .where(table.c.status == _RUNNING, table.c.lease_until < sa.bindparam("p_now"))
+            .limit(sa.bindparam("p_limit"))
+        )
+        self.extend = (
+            table.update().where(*held_by_worker).values(lease_until=sa.bindparam("p_lease_until"))
+        )
+        self.extend_returning = self.extend.returning(table.c.id)
+        self.held_ids = sa.select(table.c.id).where(*held_by_worker)
+        self.set_progress = (
+            table.update()
+            .where(
+                table.c.id == sa.bindparam("p_task_id"),
+                table.c.status == _RUNNING,
+                table.c.worker_id == sa.bindparam("p_worker_id"),
+            )
+            .values(progress=sa.bindparam("p_progress"))
+        )
+        self.delete_by_ids = table.delete().where(
+            table.c.id.in_(sa.bindparam("p_task_ids", expanding=True))
+        )
+        self.insert_tombstone = tombstones.insert()
+        self.tombstoned = sa.select(tombstones.c.id).where(
+            tombstones.c.id.in_(sa.bindparam("p_task_ids", expanding=True)),
+            tombstones.c.forget_at > sa.bindparam("p_now"),
+        )
+        self.mark_claimed = (
+            table.update()
+            .where(table.c.id.in_(sa.bindparam("p_task_ids", expanding=True)))
+            .values(self._claim_values())
+        )
+        #: Whether a claim is one UPDATE ... RETURNING; otherwise it locks
+        #: the due rows with a SELECT and updates them by id.
+        self.claim_returns_rows = dialect == "postgresql" or (dialect == "sqlite" and returning)
+        one_queue = table.c.queue == sa.bindparam("p_queue")
+        self.claim_one_queue: sa.Executable
+        self.claim_queues: sa.Executable
+        if self.claim_returns_rows:
+            self.claim_one_queue = self._claim_returning(one_queue)
+            self.claim_queues = self._claim_returning(queues_match)
+        else:
+            self.claim_one_queue = self._due_rows(one_queue)
+            self.claim_queues = self._due_rows(queues_match)
+        self._transitions: dict[tuple[tuple[str, ...], bool], sa.UpdateBase] = {}
+
+    def _claim_values(self) -> dict[str, Any]:
+        table = self.table
+        return {
+            "status": _RUNNING,
+            "version": table.c.version + 1,
+            "attempts": table.c.attempts + 1,
+            "started_at": sa.bindparam("p_now"),
+            "lease_until": sa.bindparam("p_lease_until"),
+            "worker_id": sa.bindparam("p_worker_id"),
+        }
+
+    def _due(self, queue_match: sa.ColumnElement[bool], *columns: Any) -> sa.Select[Any]:
+        """Select due PENDING rows in the order of the claim index for one queue."""
+        table = self.table
+        due = (
+            sa.select(*columns)
+            .where(
+                table.c.status == _PENDING,
+                queue_match,
+                table.c.available_at <= sa.bindparam("p_now"),
+            )
+            .order_by(table.c.available_at, table.c.id)
+            .limit(sa.bindparam("p_limit"))
+        )
+        if self._dialect != "sqlite":
+            due = due.with_for_update(skip_locked=True)
+        return due
+
+    def _due_rows(self, queue_match: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        return self._due(queue_match, *self.table.c)
+
+    def _claim_returning(self, queue_match: sa.ColumnElement[bool]) -> sa.UpdateBase:
+        table = self.table
+        due = self._due(queue_match, table.c.id)
+        if self._dialect == "postgresql":
+            # A CTE runs its locking SELECT exactly once; a subquery in the
+            # WHERE clause may be run again by the planner and lock more rows.
+            locked = due.cte("due")
+            statement = table.update().where(table.c.id == locked.c.id)
+        else:
+            statement = table.update().where(table.c.id.in_(due.scalar_subquery()))
+        return statement.values(self._claim_values()).returning(*table.c)
+
+    def expired_ids(self, limit: int) -> sa.Select[Any]:
+        """Select up to ``limit`` expired ids; two sweepers lock disjoint rows."""
+        table = self.table
+        expired = (
+            sa.select(table.c.id).where(table.c.expires_at <= sa.bindparam("p_now")).limit(limit)
+        )
+        if self._dialect != "sqlite":
+            expired = expired.with_for_update(skip_locked=True)
+        return expired
+
+    def forget_tombstones(self, limit: int) -> sa.Delete:
+        tombstones = self.tombstones
+        done = tombstones.c.forget_at <= sa.bindparam("p_now")
+        if self._dialect in ("mysql", "mariadb"):
+            # MySQL rejects LIMIT in an IN subquery, but DELETE takes one itself.
+            return tombstones.delete().where(done).with_dialect_options(mysql_limit=limit)
+        due = sa.select(tombstones.c.id).where(done).limit(limit)
+        return tombstones.delete().where(tombstones.c.id.in_(due.scalar_subquery()))
+
+    def transition(self, keys: tuple[str, ...], returning: bool) -> sa.UpdateBase:
+        """Return the compare-and-set UPDATE that sets the columns ``keys``."""
+        statement = self._transitions.get((keys, returning))
+        if statement is None:
+            table = self.table
+            statement = (
+                table.update()
+                .where(
+                    table.c.id == sa.bindparam("p_task_id"),
+                    table.c.version == sa.bindparam("p_expected_version"),
+                )
+                .values(
+                    version=table.c.version + 1, **{key: sa.bindparam(f"p_{key}") for key in keys}
+                )
+            )
+            if returning:
+                statement = statement.returning(*table.c)
+            self._transitions[keys, returning] = statement
+        return statement
+
+
+def _always_true() -> bool:
+    return True
+
+
+def _family(dialect: str) -> str:
+    return "mysql" if dialect == "mariadb" else dialect
+
+
+def _database_of(url: sa.URL) -> str | None:
+    if url.get_backend_name() == "sqlite" and url.database:
+        return os.path.realpath(url.database)
+    return url.database
+
+
+def _shows_change(record: TaskRecord, expected_version: int, values: dict[str, Any]) -> bool:
+    """Whether ``record`` is the result of applying ``values`` at ``expected_version``."""
+    if record.version != expected_version + 1 or record.status.value != values["status"]:
+        return False
+    fields = {"id": "task_id"}
+    return all(
+        getattr(record, fields.get(key, key)) == value
+        for key, value in values.items()
+        if key != "status"
+    )
 
 
 def _claim_order(record: TaskRecord) -> tuple[float, str]:
@@ -459,6 +916,16 @@ def _transition_values(change: Transition) -> dict[str, Any]:
         values["lease_until"] = None
         values["worker_id"] = None
     return values
+
+
+def _configure_mysql(engine: Engine) -> None:
+    """Use READ COMMITTED in the transactions opened by hand, so claims take no gap locks."""
+
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cursor.close()
 
 
 def _configure_sqlite(engine: Engine) -> None:
