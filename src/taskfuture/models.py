@@ -125,16 +125,22 @@ class Transition:
     release: bool = False
 
 
+#: Bits of a UUIDv7 that are not the timestamp, the version or the variant.
+_RANDOM_MASK = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
+#: Version 7 and the RFC 9562 variant, in place.
+_VERSION_AND_VARIANT = (0x7 << 76) | (0x2 << 62)
+
+
 def new_task_id() -> str:
     """Return a new time-ordered UUID (version 7) as text."""
     milliseconds = time.time_ns() // 1_000_000
     value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80
-    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value &= ~(0xF << 76)
-    value |= 0x7 << 76
-    value &= ~(0x3 << 62)
-    value |= 0x2 << 62
-    return str(uuid.UUID(int=value))
+    value |= int.from_bytes(os.urandom(10), "big") & _RANDOM_MASK
+    value |= _VERSION_AND_VARIANT
+    # Formatting the hex digits directly gives the same text as str(uuid.UUID(int=value))
+    # at a fraction of the cost; submit calls this once per task.
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def normalize_task_id(task_id: object) -> str:
