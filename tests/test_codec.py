@@ -121,3 +121,18 @@ def test_any_json_value_round_trips(value: Any) -> None:
 def test_decode_call_never_crashes_unexpectedly(text: str) -> None:
     with contextlib.suppress(ValueError):
         codec.decode_call(text)
+
+
+def test_os_error_keeps_its_file_name() -> None:
+    from taskfuture.remote import rebuild_exception
+
+    try:
+        open("/no/such/file/for/taskfuture")  # noqa: SIM115
+    except OSError as exc:
+        stored = codec.encode_exception(exc, "")
+
+    rebuilt = rebuild_exception("0190b2a4-5c1e-7d2f-9a3b-4c5d6e7f8091", stored, {})
+
+    assert isinstance(rebuilt, FileNotFoundError)
+    assert rebuilt.filename == "/no/such/file/for/taskfuture"
+    assert "/no/such/file/for/taskfuture" in str(rebuilt)

@@ -211,8 +211,15 @@ def check_size(text: str, what: str, limit: int | None) -> None:
 def encode_exception(exc: BaseException, traceback_text: str) -> str:
     """Encode an exception as JSON text: type, message, traceback and, if possible, args."""
     kind = type(exc)
+    values = list(exc.args)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # OSError keeps the file names outside args; its constructor takes them back
+        # as (errno, strerror, filename, winerror, filename2).
+        values = [exc.errno, exc.strerror, exc.filename]
+        if exc.filename2 is not None:
+            values += [None, exc.filename2]
     try:
-        args: str | None = encode(list(exc.args), "exception args")
+        args: str | None = encode(values, "exception args")
     except (TypeError, ValueError, RecursionError):
         args = None
     data = {
