@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck pytest bench bench-quick chaos clean
+.PHONY: demo test lint typecheck pytest bench bench-quick bench-profile chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +35,21 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+# Benchmark-only tools go into the project venv; the peer libraries get their own
+# environments under benchmarks/.envs/, which the harness creates itself.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet matplotlib py-spy
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.profiling
 	$(BIN)/python -m benchmarks.run --full
 
-bench-quick: $(STAMP)
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --quick
+
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.profiling
 
 chaos: $(STAMP)
 	TASKFUTURE_CHAOS_FULL=1 $(BIN)/python -m pytest -q -ra -m chaos tests/test_chaos.py $(PYTEST_ARGS)
