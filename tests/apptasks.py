@@ -28,6 +28,20 @@ class UnregisteredError(Exception):
     """An exception type the caller does not register."""
 
 
+def spin_cpu(seconds: float) -> int:
+    """Keep one CPU busy for ``seconds`` without looking at the task context; return the pid."""
+    deadline = time.monotonic() + seconds
+    total = 0
+    while time.monotonic() < deadline:
+        total += sum(range(1000))
+    return os.getpid()
+
+
+def report_pid() -> None:
+    """Publish the pid of the process running the task as its progress message."""
+    current_context().report_progress(0, None, str(os.getpid()))
+
+
 def register(service: TaskService) -> None:
     @service.task("add")
     def add(x: int, y: int) -> int:
@@ -116,3 +130,27 @@ def register(service: TaskService) -> None:
         path.write_text(name)
         time.sleep(seconds)
         return name
+
+    # -- process mode --------------------------------------------------------------------
+
+    @service.task("pid", max_attempts=2, retry_backoff_s=0.05, retry_jitter=False)
+    def pid(first_attempt_s: float = 0.0) -> int:
+        report_pid()
+        if current_context().attempt == 1:
+            time.sleep(first_attempt_s)
+        return os.getpid()
+
+    @service.task("spin")
+    def spin(seconds: float) -> int:
+        report_pid()
+        return spin_cpu(seconds)
+
+    @service.task("spin_limited", time_limit_s=0.5)
+    def spin_limited(seconds: float) -> int:
+        report_pid()
+        return spin_cpu(seconds)
+
+    @service.task("exit_process", max_attempts=1)
+    def exit_process(code: int) -> None:
+        report_pid()
+        os._exit(code)

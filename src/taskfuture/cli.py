@@ -122,6 +122,23 @@ def main(ctx: click.Context, dsn: str | None, app: str | None, verbose: int) -> 
     show_default=True,
     help="Seconds running tasks may finish after SIGTERM before they are released.",
 )
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="TASKFUTURE_PROCESSES",
+    help="Run sync tasks in this many child processes, one task each, for CPU-bound work; "
+    "replaces --concurrency [default: run them in threads].",
+)
+@click.option(
+    "--process-grace",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds a cancelled or timed-out task may run on in its child process "
+    "before SIGTERM, and again before SIGKILL.",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -129,6 +146,8 @@ def worker(
     concurrency: int,
     queues: str | None,
     shutdown_timeout: float,
+    processes: int | None,
+    process_grace: float,
 ) -> None:
     """Run tasks until SIGTERM or SIGINT."""
     from taskfuture.worker import Worker
@@ -145,7 +164,13 @@ def worker(
             [queue.strip() for queue in queues.split(",") if queue.strip()] if queues else None
         )
         Worker(
-            service, queues=queue_list, concurrency=concurrency, shutdown_timeout_s=shutdown_timeout
+            service,
+            queues=queue_list,
+            concurrency=concurrency,
+            shutdown_timeout_s=shutdown_timeout,
+            processes=processes,
+            app_spec=root["app"],
+            process_grace_s=process_grace,
         ).run()
 
 

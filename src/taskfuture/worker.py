@@ -1,10 +1,11 @@
 """The worker: claims tasks, runs them, records outcomes, keeps leases alive.
 
 Sync tasks run in a thread pool and async tasks on one event loop thread; in
-all at most ``concurrency`` tasks run at once. A heartbeat thread extends the
-leases of running tasks, stops tasks that were cancelled, and puts back the
-tasks of workers whose leases ran out. Expired records are swept on an
-interval.
+all at most ``concurrency`` tasks run at once. In process mode (``processes=N``)
+sync tasks run in N child processes instead: see :mod:`taskfuture.processes`.
+A heartbeat thread extends the leases of running tasks, stops tasks that were
+cancelled, and puts back the tasks of workers whose leases ran out. Expired
+records are swept on an interval.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from taskfuture.errors import (
     TaskNotFoundError,
 )
 from taskfuture.models import Progress, TaskRecord, TaskStatus, Transition
+from taskfuture.processes import ProcessPool
 from taskfuture.service import Task, TaskService
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,13 @@ class Worker:
         concurrency: most tasks running at once.
         shutdown_timeout_s: on stop, how long running tasks may finish before
             they are released back to their queue.
+        processes: run sync tasks in this many child processes, one task per
+            child, for CPU-bound work; it replaces ``concurrency``. Async tasks
+            still run on the worker's event loop and take one of these slots.
+        app_spec: ``MODULE:ATTRIBUTE`` of ``service``, which child processes
+            import; required with ``processes``.
+        process_grace_s: how long a cancelled or timed-out task may run on in
+            its child before SIGTERM, and how long after SIGTERM before SIGKILL.
     """
 
     def __init__(
@@ -73,9 +82,16 @@ class Worker:
         concurrency: int = 4,
         shutdown_timeout_s: float = 30.0,
         worker_id: str | None = None,
+        processes: int | None = None,
+        app_spec: str | None = None,
+        process_grace_s: float = 2.0,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"invalid concurrency {concurrency!r}: expected a whole number >= 1")
+        if processes is not None:
+            _check_process_options(processes, app_spec, process_grace_s)
+            concurrency = processes
+
         self.service = service
         self.storage = service.storage
         self.settings = service.settings
@@ -96,6 +112,9 @@ class Worker:
             concurrency, thread_name_prefix="taskfuture-task"
         )
         self._loop = asyncio.new_event_loop()
+        self._processes: ProcessPool | None = None
+        if processes is not None and app_spec is not None:
+            self._processes = ProcessPool(self, app_spec, processes, process_grace_s)
         #: Outcomes stored so far, by status; tests and the CLI read it.
         self.counts: dict[str, int] = {status.value: 0 for status in TaskStatus}
 
@@ -113,6 +132,8 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
         )
+        if self._processes is not None:
+            self._processes.start()
         for target, name in (
             (self._loop.run_forever, "taskfuture-loop"),
             (self._fetch_loop, "taskfuture-fetch"),
@@ -162,6 +183,8 @@ class Worker:
             self._slot_freed.wait(0.05)
             self._slot_freed.clear()
         self._release_all()
+        if self._processes is not None:
+            self._processes.stop()
         self._stopped.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -261,6 +284,8 @@ class Worker:
             asyncio.run_coroutine_threadsafe(
                 self._run_async(task, running, args, kwargs), self._loop
             )
+        elif self._processes is not None:
+            self._processes.submit(running)
         else:
             self._pool.submit(self._run_sync, task, running, args, kwargs)
 
@@ -313,6 +338,10 @@ class Worker:
         except (TypeError, ValueError, RecursionError) as exc:
             self._finish_failed(running, exc)
             return
+        self._store_result(running, result)
+
+    def _store_result(self, running: _Running, result: str) -> None:
+        """Complete the run with ``result``, JSON text made by :func:`codec.encode`."""
         now = time.time()
         change = Transition(
             TaskStatus.COMPLETED,
@@ -324,45 +353,56 @@ class Worker:
         self._finish(running, change)
 
     def _finish_failed(self, running: _Running, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(exc))
+        self._store_error(
+            running,
+            codec.encode_exception(exc, text),
+            f"{type(exc).__qualname__}: {exc}",
+            retryable=isinstance(exc, running.task.options.retry_on),
+        )
+
+    def _store_error(self, running: _Running, error: str, summary: str, *, retryable: bool) -> None:
+        """Queue the next attempt, or fail the run with ``error``, JSON text from :mod:`codec`.
+
+        ``summary`` is the exception type and message for the log; a run that
+        was cancelled, reclaimed or timed out is only forgotten.
+        """
         record = running.record
         if running.cancelled:
             logger.info("Task %s (%s) stopped after cancellation", record.task_id, record.name)
             self._forget(record.task_id)
             return
-        text = "".join(traceback.format_exception(exc))
-        if self._retry(running, exc, text):
+        if retryable and self._retry(running, error, summary):
             return
-        logger.warning(
-            "Task %s (%s) failed: %s: %s", record.task_id, record.name, type(exc).__qualname__, exc
-        )
+        logger.warning("Task %s (%s) failed: %s", record.task_id, record.name, summary)
         now = time.time()
         change = Transition(
             TaskStatus.FAILED,
             finished_at=now,
             expires_at=now + self.settings.retention_s,
-            error=codec.encode_exception(exc, text),
+            error=error,
             release=True,
         )
         self._finish(running, change)
 
-    def _retry(self, running: _Running, exc: BaseException, traceback_text: str) -> bool:
-        """Queue the next attempt if the task retries on ``exc`` and attempts remain."""
+    def _retry(self, running: _Running, error: str, summary: str) -> bool:
+        """Queue the next attempt if attempts remain."""
         record = running.record
         options = running.task.options
-        if not isinstance(exc, options.retry_on) or record.attempts >= record.max_attempts:
+        if record.attempts >= record.max_attempts:
             return False
         delay = options.retry_delay(record.attempts)
         change = Transition(
             TaskStatus.PENDING,
             available_at=time.time() + delay,
-            error=codec.encode_exception(exc, traceback_text),
+            error=error,
             release=True,
         )
         logger.info(
             "Task %s (%s) failed with %s on attempt %d of %d; retrying in %.2f s",
             record.task_id,
             record.name,
-            type(exc).__qualname__,
+            summary,
             record.attempts,
             record.max_attempts,
             delay,
@@ -489,6 +529,8 @@ class Worker:
         running.context.request_cancel()
         if running.async_task is not None:
             self._loop.call_soon_threadsafe(running.async_task.cancel)
+        if self._processes is not None:
+            self._processes.cancel(record.task_id)
         self._store_outcome(record, change)
 
     def _heartbeat(self) -> None:
@@ -516,6 +558,8 @@ class Worker:
         running.context.request_cancel()
         if running.async_task is not None:
             self._loop.call_soon_threadsafe(running.async_task.cancel)
+        if self._processes is not None:
+            self._processes.cancel(task_id)
 
     def recover_expired_leases(self, limit: int = 500) -> int:
         """Requeue or fail the tasks of workers whose leases ran out; return how many."""
@@ -568,3 +612,18 @@ class Worker:
                 continue
             if deleted:
                 logger.info("Worker %s deleted %d expired task(s)", self.worker_id, deleted)
+
+
+def _check_process_options(processes: object, app_spec: str | None, grace_s: object) -> None:
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"invalid processes {processes!r}: expected a whole number >= 1")
+    module_name, _, attribute = (app_spec or "").partition(":")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"invalid app_spec {app_spec!r}: process mode needs the MODULE:ATTRIBUTE "
+            "of the TaskService that child processes import, for example myapp.tasks:tasks"
+        )
+    if isinstance(grace_s, bool) or not isinstance(grace_s, int | float) or not grace_s >= 0:
+        raise ValueError(f"invalid process_grace_s {grace_s!r}: expected seconds >= 0")
+    if os.name != "posix":
+        raise ValueError("process mode needs POSIX pipes and signals; run without processes")
