@@ -57,7 +57,7 @@ class WorkerFleet:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "taskfuture", "worker", "--app", "worker_app:tasks", "-c", "4"],
+            [sys.executable, "-m", "taskfuture", "worker", "--app", "worker_app:tasks", "-c", "2"],
             env=self.env,
             cwd=TESTS,
             stdout=subprocess.DEVNULL,
@@ -107,7 +107,9 @@ def chaos_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ta
 def run_chaos(service: TaskService, folder: Path, task_count: int, chaos_s: float) -> int:
     """Drain ``task_count`` tasks, killing workers for up to ``chaos_s`` seconds; return kills."""
     fleet = WorkerFleet(service.settings.dsn, service.settings.table, size=4)
-    calls = [(str(folder), f"task{index}", 0.005) for index in range(task_count)]
+    # Each task takes 50 ms, so eight worker slots need seconds to drain the
+    # queue and the killer thread hits workers that hold tasks.
+    calls = [(str(folder), f"task{index}", 0.05) for index in range(task_count)]
     futures = service.submit_many("touch_file", calls)
     fleet.start()
     try:
@@ -146,9 +148,9 @@ def test_chaos_bounded(chaos_service: TaskService, tmp_path: Path) -> None:
     folder = tmp_path / "effects"
     folder.mkdir()
 
-    kills = run_chaos(chaos_service, folder, task_count=400, chaos_s=3)
+    kills = run_chaos(chaos_service, folder, task_count=300, chaos_s=4)
 
-    assert kills >= 2
+    assert kills >= 1
 
 
 @pytest.mark.chaos
