@@ -91,7 +91,10 @@ class TaskFuture(concurrent.futures.Future[R]):
         """
         if super().done():
             return self._status
+        uncommitted = self._service._waiter.awaits_commit(self.task_id)
         record = self._service.storage.get(self.task_id)
+        if record is None and uncommitted:
+            return self._status
         if record is None:
             error = self._service._missing_error(self.task_id)
             self._service._resolve_missing(self, error)
@@ -299,6 +302,9 @@ class Waiter:
         self._pinned: set[TaskFuture[Any]] = set()
         self._changed: set[str] = set()
         self._resync = False
+        #: Ids submitted in an application transaction, with a function that
+        #: tells whether it ended; their missing records may still appear.
+        self._uncommitted: dict[str, Callable[[], bool]] = {}
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -306,10 +312,21 @@ class Waiter:
         #: Status queries made so far; tests and benchmarks read it.
         self.status_queries = 0
 
-    def track(self, future: TaskFuture[Any]) -> None:
+    def track(
+        self, future: TaskFuture[Any], transaction_ended: Callable[[], bool] | None = None
+    ) -> None:
+        """Watch ``future`` until it resolves.
+
+        ``transaction_ended`` is given for a task written in an application
+        transaction: until it returns True, a missing record means "not
+        committed yet" rather than "not found", and the task is read every
+        poll interval, because its commit sends no push.
+        """
         with self._lock:
             was_idle = not self._futures
             self._futures.setdefault(future.task_id, []).append(weakref.ref(future))
+            if transaction_ended is not None:
+                self._uncommitted[future.task_id] = transaction_ended
             if self._thread is None and not self._closed:
                 self._start()
         if was_idle:
@@ -325,6 +342,16 @@ class Waiter:
     def open_count(self) -> int:
         with self._lock:
             return len(self._futures)
+
+    def awaits_commit(self, task_id: str) -> bool:
+        """Whether ``task_id`` was written in an application transaction that may still be open.
+
+        Call it before reading the record: a transaction that ends between the
+        two would otherwise make a committed task look missing.
+        """
+        with self._lock:
+            transaction_ended = self._uncommitted.get(task_id)
+        return transaction_ended is not None and not transaction_ended()
 
     def notify(self, task_ids: Sequence[str]) -> None:
         """Ask for an immediate read of ``task_ids``; push listeners call it.
@@ -357,12 +384,18 @@ class Waiter:
 
     def _loop(self) -> None:
         full_pass_due = 0.0
+        uncommitted_due = 0.0
         while True:
             with self._lock:
                 if self._closed:
                     return
                 changed, self._changed = self._changed, set()
                 resync, self._resync = self._resync, False
+                # Without push every full pass reads them; with push nothing
+                # announces a commit, so they are read every poll interval.
+                if self._uncommitted and self._unsubscribe and time.monotonic() >= uncommitted_due:
+                    changed.update(self._uncommitted)
+                    uncommitted_due = time.monotonic() + self._poll_interval_s
             now = time.monotonic()
             if now >= full_pass_due or resync:
                 ids = self._open_ids()
@@ -372,6 +405,9 @@ class Waiter:
             elif changed:
                 self._poll(sorted(changed))
             wait_s = max(0.0, full_pass_due - time.monotonic())
+            with self._lock:
+                if self._uncommitted and self._unsubscribe:
+                    wait_s = min(wait_s, max(0.0, uncommitted_due - time.monotonic()))
             if not self._futures:
                 wait_s = 3600.0
             self._wake.wait(wait_s)
@@ -395,19 +431,40 @@ class Waiter:
             batch = ids[start : start + QUERY_BATCH]
             queries += 1
             self.status_queries += 1
+            uncommitted = self._open_transactions(batch)
             try:
                 records = self._storage.get_many(batch)
             except Exception:
                 logger.exception("Waiter failed to read %d task(s); retrying next poll", len(batch))
                 continue
-            self._dispatch(batch, records)
+            self._dispatch(batch, records, uncommitted)
         return queries
 
-    def _dispatch(self, batch: list[str], records: list[TaskRecord]) -> None:
+    def _open_transactions(self, batch: list[str]) -> set[str]:
+        """Return the ids of ``batch`` whose application transaction may still be open."""
+        with self._lock:
+            if not self._uncommitted:
+                return set()
+            watched = [
+                (task_id, ended)
+                for task_id in batch
+                if (ended := self._uncommitted.get(task_id)) is not None
+            ]
+        return {task_id for task_id, ended in watched if not ended()}
+
+    def _dispatch(
+        self, batch: list[str], records: list[TaskRecord], uncommitted: set[str] | None = None
+    ) -> None:
         found = {record.task_id: record for record in records}
+        if uncommitted:
+            # Not committed yet: keep waiting for the record to appear.
+            batch = [task_id for task_id in batch if task_id in found or task_id not in uncommitted]
         missing = [task_id for task_id in batch if task_id not in found]
         expired = self._storage.expired_ids(missing) if missing else set()
         for task_id in batch:
+            if self._uncommitted and task_id in found:
+                with self._lock:
+                    self._uncommitted.pop(task_id, None)
             for future in self._futures_of(task_id):
                 record = found.get(task_id)
                 try:
@@ -430,6 +487,7 @@ class Waiter:
 
     def _forget(self, task_id: str) -> None:
         with self._lock:
+            self._uncommitted.pop(task_id, None)
             refs = self._futures.pop(task_id, [])
             for ref in refs:
                 future = ref()

@@ -313,7 +313,9 @@ class TaskService:
             eta: run no earlier than this timezone-aware datetime.
             max_attempts: how often the task may be claimed before a lost worker fails it.
             connection: a SQLAlchemy Connection or Session to write the task in, so
-                that the task exists only if that transaction commits.
+                that the task exists only if that transaction commits. Until then
+                the future stays PENDING and ``cancel()`` returns False; after a
+                rollback it fails with TaskNotFoundError.
 
         Raises:
             TypeError: an argument cannot be encoded; the message names its path.
@@ -322,7 +324,7 @@ class TaskService:
         """
         record = self._new_record(task, args, kwargs or {}, queue, delay, eta, max_attempts)
         self.storage.enqueue([record], connection)
-        return self._track(record.task_id, TaskStatus.PENDING)
+        return self._track_submitted([record], connection)[0]
 
     def submit_many(
         self,
@@ -359,7 +361,7 @@ class TaskService:
             except TypeError as exc:
                 raise TypeError(f"calls[{index}]: {exc}") from None
         self.storage.enqueue(records, connection)
-        return [self._track(record.task_id, TaskStatus.PENDING) for record in records]
+        return self._track_submitted(records, connection)
 
     def _new_record(
         self,
@@ -500,6 +502,20 @@ class TaskService:
         self._waiter.track(future)
         return future
 
+    def _track_submitted(
+        self, records: Sequence[TaskRecord], connection: Any
+    ) -> list[TaskFuture[Any]]:
+        """Track new futures; those written in an application transaction wait for its end."""
+        if connection is None:
+            return [self._track(record.task_id, TaskStatus.PENDING) for record in records]
+        transaction_ended = self.storage.watch_transaction(connection)
+        futures: list[TaskFuture[Any]] = []
+        for record in records:
+            future: TaskFuture[Any] = TaskFuture(self, record.task_id, TaskStatus.PENDING)
+            self._waiter.track(future, transaction_ended)
+            futures.append(future)
+        return futures
+
     # -- resolution, called by futures and the waiter -------------------------------
 
     def _apply(self, future: TaskFuture[Any], record: TaskRecord) -> None:
@@ -558,9 +574,11 @@ class TaskService:
     def _cancel(self, future: TaskFuture[Any]) -> bool:
         """Move the task to CANCELLED unless it already finished; compare-and-set, retried."""
         while True:
+            uncommitted = self._waiter.awaits_commit(future.task_id)
             record = self.storage.get(future.task_id)
             if record is None:
-                self._resolve_missing(future)
+                if not uncommitted:
+                    self._resolve_missing(future)
                 return False
             if record.status.terminal:
                 self._apply(future, record)

@@ -16,7 +16,8 @@ Idle workers and waiting callers are woken at once: on PostgreSQL by
 triggers (schema version 2) that send ``NOTIFY`` in the writing transaction,
 heard on one LISTEN connection per process; on SQLite by datagrams through a
 :class:`~taskfuture.backends.local_channel.LocalChannel` beside the database
-file. MySQL/MariaDB relies on the batched poll.
+file. MySQL/MariaDB relies on the batched poll, except that a write in one
+process wakes the workers and waiters of that same process at once.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from taskfuture.errors import (
     ConcurrentModificationError,
     ConfigurationError,
     StorageError,
+    TaskFutureError,
     TaskNotFoundError,
 )
 from taskfuture.models import TaskRecord, TaskStatus, Transition
@@ -161,10 +163,15 @@ class SQLStorage(TaskStorage):
         self._unlisten: Callable[[], None] | None = None
         self._change_listeners: list[ChangeListener] = []
         self._work_events: dict[frozenset[str], threading.Event] = {}
+        # MySQL/MariaDB: wake-ups within this process only; the poll stays on.
+        self._local_wakeups = self._is_mysql
         # SQLite push: datagrams to the other processes that use the same file.
         self._channel: LocalChannel | None = None
         if self._sqlite:
-            self.setup()
+            # A file made by an older release is reported by the setup() of a
+            # worker or of create_schema(), so that `schema upgrade` can still open it.
+            with suppress(ConfigurationError):
+                self.setup()
             database = self.engine.url.database
             if database:
                 self._channel = LocalChannel(Path(database))
@@ -346,6 +353,8 @@ class SQLStorage(TaskStorage):
         self._run(write, transaction=len(rows) > 1, write=True, retry=write_unless_done)
         if self._channel is not None:
             self._channel.announce(WORKERS, [])
+        if self._local_wakeups:
+            self._wake_workers({row["queue"] for row in rows})
 
     def _enqueue_in(self, connection: Any, rows: list[dict[str, Any]]) -> None:
         conn = self._application_connection(connection)
@@ -426,15 +435,67 @@ class SQLStorage(TaskStorage):
             write=True,
             retry=lambda conn: apply(conn, after_drop=True),
         )
-        self._announce_change(record)
+        self._announce_change(record.task_id, record.status, record.queue)
         return record
 
-    def _announce_change(self, record: TaskRecord) -> None:
-        """Wake local waiters of a finished or requeued task, and idle workers of a requeue."""
+    def transition_many(
+        self, changes: Sequence[tuple[str, int, Transition]]
+    ) -> list[TaskFutureError | None]:
+        """Apply every compare-and-set in one transaction, so that the batch costs one commit."""
+        if len(changes) == 1:
+            # One autocommit UPDATE ... RETURNING beats BEGIN, UPDATE and COMMIT.
+            task_id, expected_version, change = changes[0]
+            try:
+                self.transition(task_id, expected_version, change)
+            except (ConcurrentModificationError, TaskNotFoundError, StorageError) as exc:
+                return [exc]
+            return [None]
+        statements = self._statements
+
+        def apply_all(conn: Connection, after_drop: bool = False) -> list[TaskFutureError | None]:
+            outcomes: list[TaskFutureError | None] = []
+            for task_id, expected_version, change in changes:
+                values = _transition_values(change)
+                parameters = {f"p_{key}": value for key, value in values.items()}
+                parameters["p_task_id"] = task_id
+                parameters["p_expected_version"] = expected_version
+                statement = statements.transition(tuple(values), False)
+                if conn.execute(statement, parameters).rowcount:
+                    outcomes.append(None)
+                    continue
+                current = conn.execute(statements.select_one, {"p_task_id": task_id}).first()
+                if current is None:
+                    outcomes.append(TaskNotFoundError(task_id))
+                elif after_drop and _shows_change(_record(current), expected_version, values):
+                    outcomes.append(None)
+                else:
+                    outcomes.append(ConcurrentModificationError(task_id, expected_version))
+            return outcomes
+
+        try:
+            outcomes = self._run(
+                apply_all,
+                transaction=True,
+                write=True,
+                retry=lambda conn: apply_all(conn, after_drop=True),
+            )
+        except StorageError as exc:
+            return [exc for _ in changes]
+        for (task_id, _, change), outcome in zip(changes, outcomes, strict=True):
+            if outcome is None:
+                self._announce_change(task_id, change.status, None)
+        return outcomes
+
+    def _announce_change(self, task_id: str, status: TaskStatus, queue: str | None) -> None:
+        """Wake waiters of a changed task, and idle workers when it is PENDING again."""
+        if self._local_wakeups:
+            self._notify_local([task_id])
+            if status is TaskStatus.PENDING:
+                self._wake_workers({queue} if queue is not None else None)
         if self._channel is None:
             return
-        self._channel.announce(WAITERS, [record.task_id])
-        if record.status is TaskStatus.PENDING:
+        self._channel.announce(WAITERS, [task_id])
+        if status is TaskStatus.PENDING:
             self._channel.announce(WORKERS, [])
 
     def claim(
@@ -457,11 +518,14 @@ class SQLStorage(TaskStorage):
         # A claim whose commit was lost with its connection leaves rows that
         # no worker runs; their lease runs out and they are claimed again.
         if not self._statements.claim_returns_rows:
-            return self._run(
+            records = self._run(
                 lambda conn: self._claim_locked(conn, statement, parameters),
                 transaction=True,
                 write=True,
             )
+            if records and self._local_wakeups:
+                self._notify_local([record.task_id for record in records])
+            return records
 
         def claim(conn: Connection) -> list[TaskRecord]:
             rows = conn.execute(statement, parameters).all()
@@ -517,6 +581,8 @@ class SQLStorage(TaskStorage):
         stored = self._run(store, write=True)
         if stored and self._channel is not None:
             self._channel.announce(WAITERS, [task_id])
+        if stored and self._local_wakeups:
+            self._notify_local([task_id])
         return stored
 
     def delete_expired(self, limit: int) -> int:
@@ -592,8 +658,18 @@ class SQLStorage(TaskStorage):
     # -- push -------------------------------------------------------------------
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None] | None:
+        """Push changes to ``listener``; see :meth:`TaskStorage.subscribe`.
+
+        On MySQL/MariaDB the listener hears only the changes this process
+        makes, so the call keeps it but returns None: the waiter must still
+        poll for changes that other processes make.
+        """
         if self._channel is not None:
             return self._channel.listen(listener)
+        if self._local_wakeups:
+            with self._push_lock:
+                self._change_listeners.append(listener)
+            return None
         if not self._listens:
             return None
         with self._push_lock:
@@ -611,13 +687,14 @@ class SQLStorage(TaskStorage):
         if self._channel is not None:
             self._channel.wait_for_work(timeout_s, stop)
             return
-        if not self._listens:
+        if not self._listens and not self._local_wakeups:
             super().wait_for_work(queues, timeout_s, stop)
             return
         key = frozenset(queues)
         with self._push_lock:
             event = self._work_events.setdefault(key, threading.Event())
-        self._listen()
+        if self._listens:
+            self._listen()
         # The event stays set when a notification came while the worker was
         # claiming, so that commit is not missed. The price is at most one
         # claim that finds nothing.
@@ -669,6 +746,20 @@ class SQLStorage(TaskStorage):
         if changed:
             for listener in listeners:
                 listener(changed)
+
+    def _notify_local(self, task_ids: list[str]) -> None:
+        with self._push_lock:
+            listeners = list(self._change_listeners)
+        for listener in listeners:
+            listener(task_ids)
+
+    def _wake_workers(self, queues: set[str] | None) -> None:
+        """Set the work events of idle workers of ``queues`` (None: of every queue)."""
+        with self._push_lock:
+            events = list(self._work_events.items())
+        for key, event in events:
+            if queues is None or key & queues:
+                event.set()
 
     def close(self) -> None:
         with self._push_lock:
