@@ -154,6 +154,10 @@ class SQLStorage(TaskStorage):
         self._is_mysql = self.dialect in ("mysql", "mariadb")
         self._returning = self.engine.dialect.update_returning
         self._columns = list(self.table.c)
+        quote = self.engine.dialect.identifier_preparer.quote
+        self._copy_statement = "COPY {} ({}) FROM STDIN".format(
+            quote(self.table.name), ", ".join(quote(column.name) for column in self._columns)
+        )
         self._statements = _Statements(self.table, self.tombstones, self.dialect, self._returning)
         self._ready = False
         # PostgreSQL push: one handler on this process's LISTEN connection.
@@ -342,7 +346,10 @@ class SQLStorage(TaskStorage):
         select_one = self._statements.select_one
 
         def write(conn: Connection) -> None:
-            conn.execute(insert, parameters)
+            if self._listens and len(rows) > 1:
+                self._copy_rows(conn, rows)
+            else:
+                conn.execute(insert, parameters)
 
         def write_unless_done(conn: Connection) -> None:
             # The batch is all or none, so if its first row exists the lost
@@ -355,6 +362,30 @@ class SQLStorage(TaskStorage):
             self._channel.announce(WORKERS, [])
         if self._local_wakeups:
             self._wake_workers({row["queue"] for row in rows})
+
+    def _copy_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` with one COPY, all or none.
+
+        psycopg's executemany sends one INSERT per row, and each would fire
+        the statement-level NOTIFY trigger, while a COPY is one statement.
+        """
+        import psycopg
+
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        names = [column.name for column in self._columns]
+        statement = self._copy_statement
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row([row[name] for name in names])
+        except psycopg.Error as exc:
+            invalidated = self.engine.dialect.is_disconnect(exc, conn.connection, None)  # type: ignore[arg-type]
+            if invalidated:
+                conn.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(
+                statement, None, exc, psycopg.Error, connection_invalidated=invalidated
+            ) from exc
 
     def _enqueue_in(self, connection: Any, rows: list[dict[str, Any]]) -> None:
         conn = self._application_connection(connection)
