@@ -706,3 +706,42 @@ def test_lost_worker_is_told_by_waiter(make_service: ServiceFactory) -> None:
 
     with pytest.raises(WorkerLostError, match="dead-worker"):
         future.result(timeout=15)
+
+
+# -- honest expiry -----------------------------------------------------------------------------
+
+
+def test_expired_task_reads_as_expired(make_service: ServiceFactory) -> None:
+    from taskfuture import TaskExpiredError
+
+    service = make_service(retention_s=0)
+    register(service)
+    future = service.tasks["add"].submit(2, 2)
+    assert future.cancel()
+    service.clean_expired()
+
+    with pytest.raises(TaskExpiredError):
+        service.status(future.task_id)
+    with pytest.raises(TaskExpiredError):
+        service.future(future.task_id)
+    with pytest.raises(TaskNotFoundError) as unknown:
+        service.future(str(uuid.uuid4()))
+    assert not isinstance(unknown.value, TaskExpiredError)
+
+
+def test_touch_extends_retention(make_service: ServiceFactory) -> None:
+    service = make_service(retention_s=0)
+    register(service)
+    future = service.tasks["add"].submit(1, 1)
+    assert future.cancel()
+
+    assert future.touch(3600) is True
+    assert service.clean_expired() == 0
+    assert service.status(future.task_id) is TaskStatus.CANCELLED
+
+
+def test_touch_of_pending_task_returns_false(app: TaskService) -> None:
+    future = app.tasks["add"].submit(1, 1)
+
+    assert future.touch(60) is False
+    assert future.status() is TaskStatus.PENDING
