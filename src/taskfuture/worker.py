@@ -105,6 +105,10 @@ class Worker:
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._slot_freed = threading.Event()
+        #: Outcomes waiting to be stored, and whether a thread is storing them.
+        self._outbox: list[tuple[TaskRecord, Transition]] = []
+        self._outbox_lock = threading.Lock()
+        self._storing = False
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -182,6 +186,8 @@ class Worker:
         while self._running_ids() and time.monotonic() < deadline and self.shutdown_timeout_s > 0:
             self._slot_freed.wait(0.05)
             self._slot_freed.clear()
+        # Worst case: every try of the batch that is being stored fails.
+        self._wait_outcomes_stored(FINISH_RETRY_PAUSE_S * FINISH_RETRIES * (FINISH_RETRIES + 1))
         self._release_all()
         if self._processes is not None:
             self._processes.stop()
@@ -437,37 +443,76 @@ class Worker:
         self._slot_freed.set()
 
     def _store_outcome(self, record: TaskRecord, change: Transition) -> None:
-        for attempt in range(1, FINISH_RETRIES + 1):
-            try:
-                self.storage.transition(record.task_id, record.version, change)
-            except (ConcurrentModificationError, TaskNotFoundError):
-                logger.info(
-                    "Task %s (%s) changed while it ran (cancelled, reclaimed or deleted); "
-                    "its %s outcome is discarded",
-                    record.task_id,
-                    record.name,
-                    change.status.value,
-                )
+        """Queue an outcome and store it, batched with outcomes other threads queue.
+
+        The thread that finds no batch being stored stores the queue with one
+        ``transition_many`` call, then stores what was queued meanwhile, so
+        outcomes of many tasks share one round trip and no thread waits for
+        another's.
+        """
+        with self._outbox_lock:
+            self._outbox.append((record, change))
+            if self._storing:
                 return
-            except StorageError as exc:
-                logger.error(
-                    "Storing the outcome of task %s failed (try %d of %d): %s",
-                    record.task_id,
-                    attempt,
-                    FINISH_RETRIES,
-                    exc,
-                )
-                time.sleep(FINISH_RETRY_PAUSE_S * attempt)
-                continue
-            with self._lock:
-                self.counts[change.status.value] += 1
-            logger.debug(
-                "Task %s (%s) %s", record.task_id, record.name, change.status.value.lower()
+            self._storing = True
+        while True:
+            with self._outbox_lock:
+                batch, self._outbox = self._outbox, []
+                if not batch:
+                    self._storing = False
+                    return
+            self._store_batch(batch)
+
+    def _store_batch(self, batch: list[tuple[TaskRecord, Transition]]) -> None:
+        for attempt in range(1, FINISH_RETRIES + 1):
+            outcomes = self.storage.transition_many(
+                [(record.task_id, record.version, change) for record, change in batch]
             )
-            return
-        logger.error(
-            "Task %s outcome lost; another worker will run it after its lease", record.task_id
-        )
+            failed: list[tuple[TaskRecord, Transition]] = []
+            error: StorageError | None = None
+            for (record, change), outcome in zip(batch, outcomes, strict=True):
+                if outcome is None:
+                    with self._lock:
+                        self.counts[change.status.value] += 1
+                    logger.debug(
+                        "Task %s (%s) %s", record.task_id, record.name, change.status.value.lower()
+                    )
+                elif isinstance(outcome, StorageError):
+                    failed.append((record, change))
+                    error = outcome
+                else:
+                    logger.info(
+                        "Task %s (%s) changed while it ran (cancelled, reclaimed or deleted); "
+                        "its %s outcome is discarded",
+                        record.task_id,
+                        record.name,
+                        change.status.value,
+                    )
+            if not failed:
+                return
+            logger.error(
+                "Storing the outcomes of %d task(s), first %s, failed (try %d of %d): %s",
+                len(failed),
+                failed[0][0].task_id,
+                attempt,
+                FINISH_RETRIES,
+                error,
+            )
+            time.sleep(FINISH_RETRY_PAUSE_S * attempt)
+            batch = failed
+        for record, _ in batch:
+            logger.error(
+                "Task %s outcome lost; another worker will run it after its lease", record.task_id
+            )
+
+    def _wait_outcomes_stored(self, timeout_s: float) -> None:
+        """Wait until every queued outcome is stored, at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._outbox_lock:
+                if not self._storing and not self._outbox:
+                    return
+            time.sleep(0.01)
 
     def _store_progress(self, task_id: str, progress: Progress) -> None:
         try:

@@ -18,6 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskfuture.config import Settings
+from taskfuture.errors import (
+    ConcurrentModificationError,
+    StorageError,
+    TaskFutureError,
+    TaskNotFoundError,
+)
 from taskfuture.models import TaskRecord, Transition
 
 #: Called with the ids of tasks whose state or progress changed. An empty
@@ -79,6 +85,27 @@ class TaskStorage(abc.ABC):
             ConcurrentModificationError: the version differs.
             TaskNotFoundError: there is no such record.
         """
+
+    def transition_many(
+        self, changes: Sequence[tuple[str, int, Transition]]
+    ) -> list[TaskFutureError | None]:
+        """Apply each ``(task_id, expected_version, change)``; return one outcome per item.
+
+        An outcome is None when the change was applied, else the error that
+        :meth:`transition` raises for that item (ConcurrentModificationError,
+        TaskNotFoundError or StorageError); nothing is raised. Each item is its
+        own compare-and-set. The default calls :meth:`transition` per item;
+        engines that can apply a batch in one round trip override it.
+        """
+        outcomes: list[TaskFutureError | None] = []
+        for task_id, expected_version, change in changes:
+            try:
+                self.transition(task_id, expected_version, change)
+            except (ConcurrentModificationError, TaskNotFoundError, StorageError) as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     @abc.abstractmethod
     def claim(
