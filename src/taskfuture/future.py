@@ -43,6 +43,10 @@ MAX_QUERIES_PER_S = 10.0
 QUERY_BATCH = 5000
 #: With push wake-up, how often the waiter still re-checks every open future.
 SAFETY_RECHECK_S = 5.0
+#: With push, how long after each (re)subscription new futures are read once,
+#: and how long a pushed id that no future watched is remembered.
+FRESH_WINDOW_S = 1.0
+RECENT_PUSH_S = 2.0
 
 ProgressCallback = Callable[["TaskFuture[Any]", Progress], object]
 
@@ -305,6 +309,14 @@ class Waiter:
         #: Ids submitted in an application transaction, with a function that
         #: tells whether it ended; their missing records may still appear.
         self._uncommitted: dict[str, Callable[[], bool]] = {}
+        #: With push, ids tracked since the last read; see :meth:`track`.
+        self._fresh: set[str] = set()
+        self._fresh_due = 0.0
+        #: Until when new futures go to ``_fresh``: until the first
+        #: subscription is confirmed, then FRESH_WINDOW_S after each one.
+        self._fresh_until = math.inf
+        #: With push, ids pushed while no future watched them -> monotonic arrival time.
+        self._recent: dict[str, float] = {}
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -321,6 +333,13 @@ class Waiter:
         transaction: until it returns True, a missing record means "not
         committed yet" rather than "not found", and the task is read every
         poll interval, because its commit sends no push.
+
+        With push, a task may finish before its future is tracked. Its push
+        is remembered for RECENT_PUSH_S, and tracking reads it at once. A task
+        may also finish before the subscription is live, and that push is
+        lost. So a future tracked before the subscription is confirmed, or
+        within FRESH_WINDOW_S after, is read once, batched with others, one
+        poll interval later.
         """
         with self._lock:
             was_idle = not self._futures
@@ -329,7 +348,16 @@ class Waiter:
                 self._uncommitted[future.task_id] = transaction_ended
             if self._thread is None and not self._closed:
                 self._start()
-        if was_idle:
+            pushed_before = False
+            if self._unsubscribe is not None:
+                pushed_before = self._recent.pop(future.task_id, None) is not None
+                if pushed_before:
+                    self._changed.add(future.task_id)
+                elif time.monotonic() < self._fresh_until:
+                    if not self._fresh:
+                        self._fresh_due = time.monotonic() + self._poll_interval_s
+                    self._fresh.add(future.task_id)
+        if was_idle or pushed_before:
             self._wake.set()
 
     def pin(self, future: TaskFuture[Any]) -> None:
@@ -363,10 +391,27 @@ class Waiter:
             if not task_ids:
                 self._resync = True
             else:
-                self._changed.update(task_id for task_id in task_ids if task_id in self._futures)
+                now = time.monotonic()
+                for task_id in task_ids:
+                    if task_id in self._futures:
+                        self._changed.add(task_id)
+                    else:
+                        # Re-inserted, so the dict stays ordered by arrival time.
+                        self._recent.pop(task_id, None)
+                        self._recent[task_id] = now
+                self._forget_old_pushes(now)
             if not self._changed and not self._resync:
                 return
         self._wake.set()
+
+    def _forget_old_pushes(self, now: float) -> None:
+        """Drop remembered pushes older than RECENT_PUSH_S; call with the lock held."""
+        recent = self._recent
+        while recent:
+            oldest = next(iter(recent))
+            if now - recent[oldest] < RECENT_PUSH_S:
+                return
+            del recent[oldest]
 
     def close(self) -> None:
         with self._lock:
@@ -391,6 +436,9 @@ class Waiter:
                     return
                 changed, self._changed = self._changed, set()
                 resync, self._resync = self._resync, False
+                if self._fresh and time.monotonic() >= self._fresh_due:
+                    changed.update(task_id for task_id in self._fresh if task_id in self._futures)
+                    self._fresh = set()
                 # Without push every full pass reads them; with push nothing
                 # announces a commit, so they are read every poll interval.
                 if self._uncommitted and self._unsubscribe and time.monotonic() >= uncommitted_due:
@@ -398,14 +446,21 @@ class Waiter:
                     uncommitted_due = time.monotonic() + self._poll_interval_s
             now = time.monotonic()
             if now >= full_pass_due or resync:
+                with self._lock:
+                    self._fresh = set()
                 ids = self._open_ids()
                 queries = self._poll(ids)
+                if resync:
+                    with self._lock:
+                        self._fresh_until = time.monotonic() + FRESH_WINDOW_S
                 interval = SAFETY_RECHECK_S if self._unsubscribe else self._poll_interval_s
                 full_pass_due = time.monotonic() + max(interval, queries / MAX_QUERIES_PER_S)
             elif changed:
                 self._poll(sorted(changed))
             wait_s = max(0.0, full_pass_due - time.monotonic())
             with self._lock:
+                if self._fresh:
+                    wait_s = min(wait_s, max(0.0, self._fresh_due - time.monotonic()))
                 if self._uncommitted and self._unsubscribe:
                     wait_s = min(wait_s, max(0.0, uncommitted_due - time.monotonic()))
             if not self._futures:
