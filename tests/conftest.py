@@ -38,7 +38,7 @@ ENGINE_DSNS: dict[str, str | None] = {
 }
 
 #: Engines whose backend is implemented; the contract suite runs on each.
-ENGINES = ["memory", "sqlite", "postgresql", "mariadb"]
+ENGINES = ["memory", "sqlite", "postgresql", "mariadb", "redis"]
 
 
 def reachable(dsn: str) -> bool:
