@@ -606,22 +606,17 @@ class _Connections:
         self._lock = threading.Lock()
 
     def _take(self) -> Any:
+        # An idle connection is not polled first (a poll costs about as much
+        # CPU as the command): if the server closed it, the command fails with
+        # ConnectionError before the server sees it, and run() retries it.
+        # A connection goes back idle only after its reply was read in full.
         try:
-            connection = self._idle.pop()
+            return self._idle.pop()
         except IndexError:
             connection = self._pool.connection_class(**self._pool.connection_kwargs)
             with self._lock:
                 self._created.append(connection)
             return connection
-        if connection.is_connected:
-            # Data waiting on an idle connection means the server closed it
-            # (or a reply went unread), so it cannot carry a new command.
-            try:
-                if connection.can_read():
-                    connection.disconnect()
-            except redis.ConnectionError:
-                connection.disconnect()
-        return connection
 
     def run(self, operation: Callable[[Any], _T]) -> _T:
         """Call ``operation(connection)``; retry on a fresh connection if an open one failed."""
