@@ -81,7 +81,11 @@ def test_hostile_payload_fails_task_not_worker(make_service: ServiceFactory, pay
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(payload=st.text(max_size=200), name=st.sampled_from(["add", "echo", "no.such.task"]))
+# PostgreSQL text cannot hold NUL, and the codec never writes a raw one (JSON escapes it).
+@given(
+    payload=st.text(st.characters(exclude_characters="\x00"), max_size=200),
+    name=st.sampled_from(["add", "echo", "no.such.task"]),
+)
 def test_fuzzed_payloads_never_stop_the_worker(
     make_service: ServiceFactory, payload: str, name: str
 ) -> None:

@@ -29,9 +29,9 @@ NotifyHandler = Callable[[list[str] | None], None]
 
 #: Seconds without traffic before the listener sends a query to check its connection.
 KEEPALIVE_S = 10.0
-#: Longest pause between two reconnect attempts, in seconds.
+#: Maximum pause between two reconnect attempts, in seconds.
 MAX_BACKOFF_S = 5.0
-#: How long ``add`` waits for the LISTEN to be in place before it returns anyway.
+#: Maximum seconds ``subscribe`` waits for the LISTEN to be in place before it returns anyway.
 READY_TIMEOUT_S = 10.0
 
 _LISTENERS: dict[str, Listener] = {}
@@ -50,8 +50,8 @@ def subscribe(
     ``key`` names the database (its URL): every subscription of this process
     to that database shares one :class:`Listener` and so one connection. The
     call returns once the LISTEN is in place, so that no later commit is
-    missed, or after ``READY_TIMEOUT_S`` when the server cannot be reached;
-    the handler then gets None once the connection is made.
+    missed. When the server cannot be reached it returns after
+    ``READY_TIMEOUT_S``, and the handler gets None once the connection is made.
     """
     with _LISTENERS_LOCK:
         listener = _LISTENERS.get(key)
@@ -86,7 +86,7 @@ class Listener:
         os.set_blocking(self._wake_read, False)
         self._thread: threading.Thread | None = None
         self._closed = False
-        #: Completed reconnects after the first connection; tests read it.
+        #: Reconnects completed after the first connection.
         self.reconnects = 0
 
     def register(self, channel: str, handler: NotifyHandler) -> None:

@@ -7,11 +7,11 @@ database can hold several task tables at different versions. A table made
 before versions were recorded has the layout of version 1.
 
 The runner holds a database-wide lock while it migrates, so that several
-processes may call it at once: PostgreSQL takes an advisory lock and runs
-all pending migrations in one transaction (its DDL is transactional);
+processes may call it at once. PostgreSQL takes an advisory lock and runs
+all pending migrations in one transaction, because its DDL is transactional.
 MySQL/MariaDB takes a named lock (``GET_LOCK``) and records each migration
-as soon as its DDL, which commits on its own, is done; SQLite runs them in
-one ``BEGIN IMMEDIATE`` transaction.
+as soon as its DDL is done, because that DDL commits on its own. SQLite runs
+them in one ``BEGIN IMMEDIATE`` transaction.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 #: The table that stores the schema version of every task table in the database.
 VERSIONS_TABLE = "taskfuture_schema_versions"
 
-#: Longest identifier PostgreSQL keeps (NAMEDATALEN - 1); MySQL allows 64.
+#: Maximum identifier length PostgreSQL keeps (NAMEDATALEN - 1); MySQL allows 64.
 MAX_IDENTIFIER = 63
 
 #: Key of the PostgreSQL advisory lock and name of the MySQL lock held while migrating.

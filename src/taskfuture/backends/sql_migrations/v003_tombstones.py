@@ -1,8 +1,8 @@
 """Version 3: a table of tombstones, so that the id of a cleaned task reads as expired.
 
-When the expiry sweep deletes a task it leaves its id here with the time
-the tombstone may go (``settings.tombstone_s`` later); readers then raise
-TaskExpiredError for it instead of TaskNotFoundError.
+When the expiry sweep deletes a task, it leaves the task's id here with the
+time when the tombstone may go, ``settings.tombstone_s`` later. Until then
+readers raise TaskExpiredError for that id instead of TaskNotFoundError.
 """
 
 from __future__ import annotations
