@@ -461,3 +461,56 @@ def test_push_wakes_worker_and_waiter(server: Server) -> None:
 
     assert result == 5
     assert elapsed < 1.0, f"round trip took {elapsed:.2f} s with a 5 s poll interval"
+
+
+# -- batched outcomes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", [*SERVERS, "sqlite"])
+def test_transition_many_reports_each_item(engine: str, tmp_path: Path) -> None:
+    from taskfuture.errors import ConcurrentModificationError
+    from taskfuture.models import Transition
+
+    factory = ServiceFactory(engine, tmp_path)
+    try:
+        service = factory()
+        register(service)
+        futures = service.submit_many("add", [(1, 1), (2, 2), (3, 3)])
+        claimed = {
+            record.task_id: record for record in service.storage.claim("w", ["default"], 3, 30)
+        }
+        first, second, third = (claimed[future.task_id] for future in futures)
+        now = time.time()
+        completed = Transition(
+            TaskStatus.COMPLETED, finished_at=now, expires_at=now + 60, result="2", release=True
+        )
+        failed = Transition(
+            TaskStatus.FAILED, finished_at=now, expires_at=now + 60, error="{}", release=True
+        )
+
+        outcomes = service.storage.transition_many(
+            [
+                (first.task_id, first.version, completed),
+                (second.task_id, second.version - 1, completed),
+                (str(uuid.uuid4()), 1, completed),
+                (third.task_id, third.version, failed),
+            ]
+        )
+        records = {task_id: service.storage.get(task_id) for task_id in claimed}
+    finally:
+        factory.close()
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], ConcurrentModificationError)
+    assert isinstance(outcomes[2], TaskNotFoundError)
+    assert outcomes[3] is None
+    first_record, second_record, third_record = (records[r.task_id] for r in (first, second, third))
+    assert first_record is not None
+    assert first_record.status is TaskStatus.COMPLETED
+    assert first_record.result == "2"
+    assert first_record.worker_id is None
+    assert first_record.version == first.version + 1
+    assert second_record is not None
+    assert second_record.status is TaskStatus.RUNNING
+    assert third_record is not None
+    assert third_record.status is TaskStatus.FAILED

@@ -147,6 +147,8 @@ class SQLStorage(TaskStorage):
         self._url = _engine_url(settings.dsn) if engine is None else engine.url
         self._pool_size = DEFAULT_POOL_SIZE
         self._owns_engine = engine is None
+        self._relaxed_engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self.engine = engine if engine is not None else self._create_engine()
         self.dialect = self.engine.dialect.name
         self._sqlite = self.dialect == "sqlite"
@@ -183,7 +185,8 @@ class SQLStorage(TaskStorage):
 
     # -- engine ------------------------------------------------------------
 
-    def _create_engine(self) -> Engine:
+    def _create_engine(self, relaxed: bool = False) -> Engine:
+        """Create an engine; ``relaxed`` turns off waiting for WAL flushes (PostgreSQL only)."""
         url = self._url
         backend = url.get_backend_name()
         options: dict[str, Any] = {"hide_parameters": True}
@@ -202,7 +205,12 @@ class SQLStorage(TaskStorage):
             max_overflow=POOL_OVERFLOW,
             pool_timeout=max(1.0, self.settings.connect_timeout_s),
         )
-        engine = sa.create_engine(url, connect_args=self._connect_args(), **options)
+        connect_args = self._connect_args()
+        if relaxed:
+            given = url.query.get("options", "")
+            given = " ".join(given) if isinstance(given, tuple) else given
+            connect_args["options"] = f"{given} -c synchronous_commit=off".strip()
+        engine = sa.create_engine(url, connect_args=connect_args, **options)
         if backend in ("mysql", "mariadb"):
             _configure_mysql(engine)
         return engine
@@ -218,11 +226,38 @@ class SQLStorage(TaskStorage):
         old = self.engine
         self.engine = self._create_engine()
         old.dispose()
+        with self._engine_lock:
+            old_relaxed, self._relaxed_engine = self._relaxed_engine, None
+        if old_relaxed is not None:
+            old_relaxed.dispose()
         logger.debug("Pool of %s sized to %d connections", self.description, count)
 
-    def _execute(self, operation: Callable[[Connection], _T], transaction: bool, write: bool) -> _T:
+    def _relaxed(self) -> Engine:
+        """Return the engine for writes that need not wait for a WAL flush.
+
+        On PostgreSQL, claims, lease extensions and progress use connections
+        with ``synchronous_commit = off``. A server crash may lose such a
+        commit, which only puts the task back to PENDING or its lease or
+        progress back a step, and the next durable commit flushes it anyway.
+        Other engines, and engines passed in by the caller, use the one engine.
+        """
+        if not self._postgresql or not self._owns_engine:
+            return self.engine
+        with self._engine_lock:
+            if self._relaxed_engine is None:
+                self._relaxed_engine = self._create_engine(relaxed=True)
+            return self._relaxed_engine
+
+    def _execute(
+        self,
+        operation: Callable[[Connection], _T],
+        transaction: bool,
+        write: bool,
+        relaxed: bool = False,
+    ) -> _T:
         """Run ``operation`` once on a pooled connection; SQLAlchemy errors pass through."""
-        with self.engine.connect() as conn:
+        engine = self._relaxed() if relaxed else self.engine
+        with engine.connect() as conn:
             if self._sqlite:
                 if write:
                     conn = conn.execution_options(sqlite_begin="IMMEDIATE")
@@ -249,6 +284,7 @@ class SQLStorage(TaskStorage):
         write: bool = False,
         retry: Callable[[Connection], _T] | None = None,
         idempotent: bool = True,
+        relaxed: bool = False,
     ) -> _T:
         """Run ``operation``, retrying once on a new connection if the first one was dropped.
 
@@ -257,7 +293,7 @@ class SQLStorage(TaskStorage):
         ``idempotent=False`` turns retries off.
         """
         try:
-            return self._execute(operation, transaction, write)
+            return self._execute(operation, transaction, write, relaxed)
         except sa.exc.DBAPIError as exc:
             if not exc.connection_invalidated or (retry is None and not idempotent):
                 raise self._storage_error(exc) from exc
@@ -269,7 +305,7 @@ class SQLStorage(TaskStorage):
         except sa.exc.SQLAlchemyError as exc:
             raise self._storage_error(exc) from exc
         try:
-            return self._execute(retry or operation, transaction, write)
+            return self._execute(retry or operation, transaction, write, relaxed)
         except sa.exc.SQLAlchemyError as exc:
             raise self._storage_error(exc) from exc
 
@@ -432,7 +468,7 @@ class SQLStorage(TaskStorage):
         if transaction is None:
             return _always_true
         # RootTransaction.is_active turns False only after the DBAPI commit or
-        # rollback has returned, so a read made afterwards sees the outcome.
+        # rollback has returned, so a read made afterwards reads the outcome.
         return lambda: not transaction.is_active
 
     def transition(self, task_id: str, expected_version: int, change: Transition) -> TaskRecord:
@@ -472,7 +508,11 @@ class SQLStorage(TaskStorage):
     def transition_many(
         self, changes: Sequence[tuple[str, int, Transition]]
     ) -> list[TaskFutureError | None]:
-        """Apply every compare-and-set in one transaction, so that the batch costs one commit."""
+        """Apply each compare-and-set, sharing round trips and commits across the batch.
+
+        PostgreSQL applies each group of changes that set the same columns in
+        one statement; other engines apply all of them in one transaction.
+        """
         if len(changes) == 1:
             # One autocommit UPDATE ... RETURNING beats BEGIN, UPDATE and COMMIT.
             task_id, expected_version, change = changes[0]
@@ -482,16 +522,26 @@ class SQLStorage(TaskStorage):
                 return [exc]
             return [None]
         statements = self._statements
+        items = [
+            (task_id, expected_version, _transition_values(change))
+            for task_id, expected_version, change in changes
+        ]
 
         def apply_all(conn: Connection, after_drop: bool = False) -> list[TaskFutureError | None]:
+            if self._postgresql:
+                applied = self._apply_batched(conn, items)
+            else:
+                applied = set()
+                for task_id, expected_version, values in items:
+                    parameters = {f"p_{key}": value for key, value in values.items()}
+                    parameters["p_task_id"] = task_id
+                    parameters["p_expected_version"] = expected_version
+                    statement = statements.transition(tuple(values), False)
+                    if conn.execute(statement, parameters).rowcount:
+                        applied.add(task_id)
             outcomes: list[TaskFutureError | None] = []
-            for task_id, expected_version, change in changes:
-                values = _transition_values(change)
-                parameters = {f"p_{key}": value for key, value in values.items()}
-                parameters["p_task_id"] = task_id
-                parameters["p_expected_version"] = expected_version
-                statement = statements.transition(tuple(values), False)
-                if conn.execute(statement, parameters).rowcount:
+            for task_id, expected_version, values in items:
+                if task_id in applied:
                     outcomes.append(None)
                     continue
                 current = conn.execute(statements.select_one, {"p_task_id": task_id}).first()
@@ -506,7 +556,9 @@ class SQLStorage(TaskStorage):
         try:
             outcomes = self._run(
                 apply_all,
-                transaction=True,
+                # PostgreSQL applies each group in one statement; elsewhere one
+                # transaction lets the row-by-row updates share a commit.
+                transaction=not self._postgresql,
                 write=True,
                 retry=lambda conn: apply_all(conn, after_drop=True),
             )
@@ -516,6 +568,22 @@ class SQLStorage(TaskStorage):
             if outcome is None:
                 self._announce_change(task_id, change.status, None)
         return outcomes
+
+    def _apply_batched(
+        self, conn: Connection, items: list[tuple[str, int, dict[str, Any]]]
+    ) -> set[str]:
+        """Apply changes that set the same columns with one UPDATE ... FROM (VALUES ...).
+
+        Returns the ids whose compare-and-set succeeded.
+        """
+        groups: dict[tuple[str, ...], list[tuple[str, int, dict[str, Any]]]] = {}
+        for item in items:
+            groups.setdefault(tuple(item[2]), []).append(item)
+        applied: set[str] = set()
+        for keys, group in groups.items():
+            statement = self._statements.transition_batch(keys, group)
+            applied.update(conn.execute(statement).scalars())
+        return applied
 
     def _announce_change(self, task_id: str, status: TaskStatus, queue: str | None) -> None:
         """Wake waiters of a changed task, and idle workers when it is PENDING again."""
@@ -562,7 +630,7 @@ class SQLStorage(TaskStorage):
             rows = conn.execute(statement, parameters).all()
             return sorted((_record(row) for row in rows), key=_claim_order)
 
-        return self._run(claim, write=True)
+        return self._run(claim, write=True, relaxed=True)
 
     def _claim_locked(
         self, conn: Connection, due: sa.Executable, parameters: dict[str, Any]
@@ -600,7 +668,7 @@ class SQLStorage(TaskStorage):
             conn.execute(statements.extend, parameters)
             return set(conn.execute(statements.held_ids, parameters).scalars())
 
-        return self._run(extend, write=True)
+        return self._run(extend, write=True, relaxed=True)
 
     def set_progress(self, task_id: str, worker_id: str, progress: str) -> bool:
         parameters = {"p_task_id": task_id, "p_worker_id": worker_id, "p_progress": progress}
@@ -609,7 +677,7 @@ class SQLStorage(TaskStorage):
         def store(conn: Connection) -> bool:
             return bool(conn.execute(statement, parameters).rowcount)
 
-        stored = self._run(store, write=True)
+        stored = self._run(store, write=True, relaxed=True)
         if stored and self._channel is not None:
             self._channel.announce(WAITERS, [task_id])
         if stored and self._local_wakeups:
@@ -799,6 +867,8 @@ class SQLStorage(TaskStorage):
             unlisten()
         if self._channel is not None:
             self._channel.close()
+        if self._relaxed_engine is not None:
+            self._relaxed_engine.dispose()
         self.engine.dispose()
 
 
@@ -941,6 +1011,40 @@ class _Statements:
         due = sa.select(tombstones.c.id).where(done).limit(limit)
         return tombstones.delete().where(tombstones.c.id.in_(due.scalar_subquery()))
 
+    def transition_batch(
+        self, keys: tuple[str, ...], items: list[tuple[str, int, dict[str, Any]]]
+    ) -> sa.UpdateBase:
+        """Build one compare-and-set UPDATE for ``items`` that all set the columns ``keys``.
+
+        It returns the ids it changed. The values are cast to the column types
+        because a VALUES column of NULLs alone has no type PostgreSQL can infer.
+        """
+        table = self.table
+        columns: list[sa.ColumnClause[Any]] = [
+            sa.column("task_id", sa.String()),
+            sa.column("expected_version", sa.Integer()),
+            *(sa.column(f"v_{key}", table.c[key].type) for key in keys),
+        ]
+        batch = (
+            sa.values(*columns, name="batch")
+            .data(
+                [
+                    (task_id, expected, *(values[key] for key in keys))
+                    for task_id, expected, values in items
+                ]
+            )
+            .alias("batch")
+        )
+        return (
+            table.update()
+            .where(table.c.id == batch.c.task_id, table.c.version == batch.c.expected_version)
+            .values(
+                version=table.c.version + 1,
+                **{key: sa.cast(batch.c[f"v_{key}"], table.c[key].type) for key in keys},
+            )
+            .returning(table.c.id)
+        )
+
     def transition(self, keys: tuple[str, ...], returning: bool) -> sa.UpdateBase:
         """Return the compare-and-set UPDATE that sets the columns ``keys``."""
         statement = self._transitions.get((keys, returning))
@@ -977,7 +1081,7 @@ def _database_of(url: sa.URL) -> str | None:
 
 
 def _shows_change(record: TaskRecord, expected_version: int, values: dict[str, Any]) -> bool:
-    """Whether ``record`` is the result of applying ``values`` at ``expected_version``."""
+    """Return True if ``record`` is the result of applying ``values`` at ``expected_version``."""
     if record.version != expected_version + 1 or record.status.value != values["status"]:
         return False
     fields = {"id": "task_id"}
