@@ -513,14 +513,6 @@ class SQLStorage(TaskStorage):
         PostgreSQL applies each group of changes that set the same columns in
         one statement; other engines apply all of them in one transaction.
         """
-        if len(changes) == 1:
-            # One autocommit UPDATE ... RETURNING beats BEGIN, UPDATE and COMMIT.
-            task_id, expected_version, change = changes[0]
-            try:
-                self.transition(task_id, expected_version, change)
-            except (ConcurrentModificationError, TaskNotFoundError, StorageError) as exc:
-                return [exc]
-            return [None]
         statements = self._statements
         items = [
             (task_id, expected_version, _transition_values(change))
@@ -558,7 +550,7 @@ class SQLStorage(TaskStorage):
                 apply_all,
                 # PostgreSQL applies each group in one statement; elsewhere one
                 # transaction lets the row-by-row updates share a commit.
-                transaction=not self._postgresql,
+                transaction=not self._postgresql and len(items) > 1,
                 write=True,
                 retry=lambda conn: apply_all(conn, after_drop=True),
             )
