@@ -1,8 +1,9 @@
 """Profile taskfuture's hot paths on every engine and write ``results/profile-latest.json``.
 
 - submit: cProfile over single submits in the caller, no worker running;
-- round trip: the task record's ``started_at`` and ``finished_at`` split each round
-  trip into submit, queue -> claim, claim -> finished and finished -> caller woken;
+- round trip: the task record's ``created_at``, ``started_at`` and ``finished_at`` split
+  each round trip into submit, record created -> claimed, claimed -> finished and
+  finished -> caller woken;
 - worker: py-spy samples the worker process (started under py-spy) while it drains
   queued tasks; samples are grouped by the innermost frame's layer and by worker step;
 - floor: the bare driver's cost of one durable single-row write, the least a submit
@@ -103,60 +104,52 @@ def cprofile_layers(profile: cProfile.Profile) -> dict[str, Any]:
 
 # -- py-spy samples -----------------------------------------------------------------------
 
-IDLE_FUNCTIONS = {
-    "wait",
-    "_wait_for_tstate_lock",
-    "select",
-    "sleep",
-    "_worker",
-    "get",
-    "run_forever",
-}
-STEPS = (
-    ("claim", ("claim",)),
-    ("store outcome", ("_store_outcome", "_finish_completed", "_finish")),
-    ("heartbeat and recovery", ("_heartbeat", "recover_expired_leases", "_sweep_loop")),
-    ("decode and dispatch", ("_dispatch",)),
-    ("run task", ("_run_sync", "_run_async")),
-    ("wait for work", ("wait_for_work",)),
+#: Worker steps on the hot path, matched by the method names in a sample's stack, in
+#: this order because storing an outcome runs inside the task thread's ``_run_sync``.
+HOT_STEPS = (
+    ("store outcome", {"_store_outcome", "_store_batch", "transition_many", "transition"}),
+    ("claim", {"claim"}),
+    ("decode and dispatch", {"_dispatch", "_dispatch_safely"}),
+    ("run task", {"_run_sync", "_run_async"}),
 )
 
 
 def parse_frame(frame: str) -> tuple[str, str]:
-    """Split a py-spy frame ``function (path:line)`` into (function, path)."""
+    """Split a py-spy frame ``Class.method (path:line)`` into (method, path)."""
     function, _, rest = frame.partition(" (")
-    return function, rest.rsplit(":", 1)[0]
+    return function.rsplit(".", 1)[-1], rest.rsplit(":", 1)[0]
 
 
 def py_spy_layers(raw: str) -> dict[str, Any]:
+    """Share of thread time per hot worker step, and per layer within those steps.
+
+    Samples include idle threads (py-spy ``--idle``) so that time spent waiting on the
+    server counts; samples outside the hot steps (threads waiting for work, heartbeat,
+    sweep, listeners) are counted apart and left out of the shares.
+    """
     layers: Counter[str] = Counter()
     steps: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
+    outside = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
-        if any("_find_and_load" in frame for frame in frames):
+        frames = [parse_frame(frame) for frame in stack.split(";")]
+        names = {function for function, _ in frames}
+        step = next((name for name, markers in HOT_STEPS if names & markers), None)
+        if step is None or "_find_and_load" in names:
+            outside += count
             continue
-        function, path = parse_frame(frames[-1])
-        names = {parse_frame(frame)[0] for frame in frames}
-        step = next((name for name, markers in STEPS if names & set(markers)), "other")
-        if function in IDLE_FUNCTIONS and path.rsplit("/", 1)[-1] in (
-            "threading.py",
-            "thread.py",
-            "selectors.py",
-            "base_events.py",
-            "queue.py",
-        ):
-            continue
+        function, path = frames[-1]
         layers[layer_of(path, function)] += count
         steps[step] += count
         leaves[f"{function} ({pathlib.Path(path).name})"] += count
     whole = sum(layers.values()) or 1
     return {
         "samples": whole,
+        "samples_outside_hot_steps": outside,
         "layers": {layer: count / whole for layer, count in layers.items()},
         "phases": {step: count / whole for step, count in steps.items()},
         "top": [f"{count / whole * 100:.1f} % {name}" for name, count in leaves.most_common(12)],
@@ -247,7 +240,7 @@ def split_round_trips(service: TaskService, add: Any, dsn: str, log: Any) -> dic
             record = service.storage.get(future.task_id)
             assert record is not None and record.started_at and record.finished_at
             parts["submit_ms"].append((submitted - before) * 1000)
-            parts["queue_to_claim_ms"].append((record.started_at - submitted) * 1000)
+            parts["queue_to_claim_ms"].append((record.started_at - record.created_at) * 1000)
             parts["claim_to_finished_ms"].append((record.finished_at - record.started_at) * 1000)
             parts["finished_to_woken_ms"].append((woken - record.finished_at) * 1000)
             parts["total_ms"].append((woken - before) * 1000)
@@ -266,7 +259,8 @@ def profile_worker(service: TaskService, dsn: str, log: Any) -> dict[str, Any]:
         futures.extend(service.submit_many("add", [(1, 2)] * 1000))
     out = WORK_DIR / "py-spy-worker.txt"
     out.unlink(missing_ok=True)
-    command = [py_spy, "record", "--idle", "--format", "raw", "--rate", str(PY_SPY_RATE)]
+    command = [py_spy, "record", "--idle", "--full-filenames", "--format", "raw"]
+    command += ["--rate", str(PY_SPY_RATE)]
     command += ["-o", str(out), "--", *worker_argv(dsn)]
     recorder = subprocess.Popen(
         command, cwd=REPO, env=worker_env(dsn), stdout=log, stderr=log, start_new_session=True
