@@ -239,3 +239,12 @@ def test_killed_worker_task_is_claimed_again(cli: Cli, tmp_path: Path) -> None:
     assert future.result(timeout=30) == "run"
     assert future.attempts == 2
     assert len(list(tmp_path.glob("run.*"))) == 2
+
+
+def test_dsn_option_reaches_app_service(cli: Cli, tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+
+    result = cli.run("--dsn", f"sqlite:///{other}", "--app", "worker_app:tasks", "schema", "create")
+
+    assert result.returncode == 0, result.stderr
+    assert str(other) in result.stdout

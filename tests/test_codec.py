@@ -136,3 +136,10 @@ def test_os_error_keeps_its_file_name() -> None:
     assert isinstance(rebuilt, FileNotFoundError)
     assert rebuilt.filename == "/no/such/file/for/taskfuture"
     assert "/no/such/file/for/taskfuture" in str(rebuilt)
+
+
+def test_lone_surrogate_round_trips_as_ascii() -> None:
+    text = codec.encode_call(["\ud800 and ünïcode"], {})
+
+    assert text.isascii()
+    assert codec.decode_call(text) == (["\ud800 and ünïcode"], {})

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from taskfuture.config import Settings
+from taskfuture.dsn import mask_password
 from taskfuture.errors import (
     TaskCancelledError,
     TaskFailedError,
@@ -54,12 +55,26 @@ def _clear_errors() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+def _load_app_with_dsn(spec: str, dsn: str | None) -> TaskService:
+    """Load the app so that ``--dsn`` reaches a service the app builds with ``from_env()``."""
+    if dsn:
+        os.environ["TASKFUTURE_DSN"] = dsn
+    service = _load_app(spec)
+    if dsn and service.settings.dsn != dsn:
+        raise TaskFutureError(
+            f"--dsn {mask_password(dsn)} differs from the DSN {service.settings.masked_dsn} "
+            f"that {spec} builds its TaskService with; build it with TaskService.from_env() "
+            "to let --dsn and TASKFUTURE_DSN choose, or drop --dsn"
+        )
+    return service
+
+
 def _service(ctx: click.Context) -> TaskService:
     options = ctx.find_root().obj
     if options.get("service") is None:
         app = options.get("app")
         if app:
-            options["service"] = _load_app(app)
+            options["service"] = _load_app_with_dsn(app, options.get("dsn"))
         else:
             overrides = {"dsn": options["dsn"]} if options.get("dsn") else {}
             options["service"] = TaskService(settings=Settings.from_env(**overrides))

@@ -196,6 +196,8 @@ class Worker:
         self._loop.call_soon_threadsafe(self._loop.stop)
         for thread in self._threads:
             thread.join(timeout=5)
+        if not self._loop.is_running():
+            self._loop.close()
         logger.info("Worker %s stopped; outcomes %s", self.worker_id, self._summary())
 
     def _summary(self) -> str:
