@@ -378,6 +378,8 @@ def test_schema_upgrade_migrates_version_one(engine: str, tmp_path: Path) -> Non
         with plain.begin() as connection:
             sql_migrations.forget(connection, table)
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            tombstones = sql_migrations.tombstone_table_name(table)
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {tombstones}")
         plain.dispose()
 
 
@@ -444,9 +446,8 @@ def _explain_claim_and_sweep(storage: SQLStorage) -> dict[str, str]:
 # -- push -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
 def test_push_wakes_worker_and_waiter(server: Server) -> None:
-    if server.engine != "postgresql":
-        pytest.skip("only PostgreSQL pushes changes")
     service = server.service(poll_interval_s=5)
     register(service)
     worker = Worker(service, concurrency=1)
