@@ -10,7 +10,9 @@ Measures, per engine, in this one process:
 
 Each figure is the median of ``--runs`` runs. Every run uses a table of its
 own and drops it afterwards. ``--profile`` prints where submit and drain
-spend their time. Run it with::
+spend their time. ``--explain-rows N`` instead fills a table with N rows,
+nearly all finished, and prints the plan and duration of the claim, lease
+and expiry queries. Run it with::
 
     .venv/bin/python benchmarks/sql_quick.py [--engines postgresql,mariadb]
 
@@ -180,6 +182,66 @@ def profile(engine: str, args: argparse.Namespace) -> None:
         print(f"\n## profile of {name} on {engine} (tottime, this thread)\n{out.getvalue()}")
 
 
+def explain(engine: str, rows: int) -> None:
+    """Fill a table with ``rows`` tasks, nearly all finished, and show the hot query plans."""
+    service = new_service(engine)
+    storage = service.storage
+    table: str = storage.table.name  # type: ignore[attr-defined]
+    sql_engine: sa.Engine = storage.engine  # type: ignore[attr-defined]
+    now = time.time()
+    # One row in 2 000 is due, one in 2 000 is running, the rest finished.
+    status = (
+        "CASE WHEN mod(n, 2000) = 0 THEN 'PENDING' WHEN mod(n, 2000) = 1 THEN 'RUNNING' "
+        "ELSE 'COMPLETED' END"
+    )
+    expires = f"CASE WHEN mod(n, 2000) > 1 THEN {now} + mod(n, 86400) ELSE NULL END"
+    lease = f"CASE WHEN mod(n, 2000) = 1 THEN {now} + 30 ELSE NULL END"
+    if engine == "postgresql":
+        source = f"generate_series(1, {rows}) AS n"
+        task_id = "md5(n::text)"
+    else:
+        source = f"(SELECT seq AS n FROM seq_1_to_{rows}) AS numbers"
+        task_id = "md5(n)"
+    fill = (
+        f"INSERT INTO {table} (id, name, queue, status, payload, version, attempts, "
+        "max_attempts, created_at, available_at, expires_at, lease_until) "
+        f"SELECT {task_id}, 'noop', 'default', {status}, '{{}}', 1, 0, 1, {now}, {now} + n, "
+        f"{expires}, {lease} FROM {source}"
+    )
+    queries = {
+        "claim": (
+            f"SELECT id FROM {table} WHERE status = 'PENDING' AND queue = 'default' "
+            f"AND available_at <= {now + rows} ORDER BY available_at, id LIMIT 4"
+        ),
+        "expired leases": (
+            f"SELECT id FROM {table} WHERE status = 'RUNNING' AND lease_until < {now + 60} "
+            "LIMIT 500"
+        ),
+        "expiry sweep": f"SELECT id FROM {table} WHERE expires_at <= {now + 600} LIMIT 1000",
+    }
+    try:
+        started = time.perf_counter()
+        with sql_engine.connect() as connection:
+            connection.exec_driver_sql(fill)
+            analyze = "ANALYZE" if engine == "postgresql" else "ANALYZE TABLE"
+            connection.exec_driver_sql(f"{analyze} {table}")
+        print(f"## {engine}: {rows} rows filled in {time.perf_counter() - started:.1f} s")
+        for name, query in queries.items():
+            with sql_engine.connect() as connection:
+                plan = connection.exec_driver_sql(f"EXPLAIN {query}").all()
+                timings = []
+                for _ in range(20):
+                    started = time.perf_counter()
+                    connection.exec_driver_sql(query).all()
+                    timings.append(time.perf_counter() - started)
+            print(f"\n{name}: P50 {statistics.median(timings) * 1000:.2f} ms")
+            for line in plan:
+                print("   ", " | ".join(str(value) for value in line))
+        print()
+    finally:
+        drop(service)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="postgresql,mariadb")
@@ -190,7 +252,17 @@ def main() -> int:
     parser.add_argument("--round-trips", type=int, default=300)
     parser.add_argument("--drain", type=int, default=10000)
     parser.add_argument("--profile", action="store_true", help="print profiles of submit and drain")
+    parser.add_argument(
+        "--explain-rows",
+        type=int,
+        default=0,
+        help="fill a table with this many rows and print the hot query plans instead",
+    )
     args = parser.parse_args()
+    if args.explain_rows:
+        for engine in args.engines.split(","):
+            explain(engine, args.explain_rows)
+        return 0
 
     print(f"# taskfuture SQL quick benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
