@@ -182,14 +182,8 @@ def profile(engine: str, args: argparse.Namespace) -> None:
         print(f"\n## profile of {name} on {engine} (tottime, this thread)\n{out.getvalue()}")
 
 
-def explain(engine: str, rows: int) -> None:
-    """Fill a table with ``rows`` tasks, nearly all finished, and show the hot query plans."""
-    service = new_service(engine)
-    storage = service.storage
-    table: str = storage.table.name  # type: ignore[attr-defined]
-    sql_engine: sa.Engine = storage.engine  # type: ignore[attr-defined]
-    now = time.time()
-    # One row in 2 000 is due, one in 2 000 is running, the rest finished.
+def fill_statement(engine: str, table: str, rows: int, now: float) -> str:
+    """Return an INSERT ... SELECT of ``rows`` tasks; per 2 000, one is due and one running."""
     status = (
         "CASE WHEN mod(n, 2000) = 0 THEN 'PENDING' WHEN mod(n, 2000) = 1 THEN 'RUNNING' "
         "ELSE 'COMPLETED' END"
@@ -202,13 +196,17 @@ def explain(engine: str, rows: int) -> None:
     else:
         source = f"(SELECT seq AS n FROM seq_1_to_{rows}) AS numbers"
         task_id = "md5(n)"
-    fill = (
+    return (
         f"INSERT INTO {table} (id, name, queue, status, payload, version, attempts, "
         "max_attempts, created_at, available_at, expires_at, lease_until) "
         f"SELECT {task_id}, 'noop', 'default', {status}, '{{}}', 1, 0, 1, {now}, {now} + n, "
         f"{expires}, {lease} FROM {source}"
     )
-    queries = {
+
+
+def hot_queries(table: str, rows: int, now: float) -> dict[str, str]:
+    """Return the claim, lease and expiry queries the way the backend runs them."""
+    return {
         "claim": (
             f"SELECT id FROM {table} WHERE status = 'PENDING' AND queue = 'default' "
             f"AND available_at <= {now + rows} ORDER BY available_at, id LIMIT 4"
@@ -219,14 +217,23 @@ def explain(engine: str, rows: int) -> None:
         ),
         "expiry sweep": f"SELECT id FROM {table} WHERE expires_at <= {now + 600} LIMIT 1000",
     }
+
+
+def explain(engine: str, rows: int) -> None:
+    """Fill a table with ``rows`` tasks, nearly all finished, and show the hot query plans."""
+    service = new_service(engine)
+    table: str = service.storage.table.name  # type: ignore[attr-defined]
+    sql_engine: sa.Engine = service.storage.engine  # type: ignore[attr-defined]
+    now = time.time()
     try:
         started = time.perf_counter()
         with sql_engine.connect() as connection:
-            connection.exec_driver_sql(fill)
+            connection.exec_driver_sql(fill_statement(engine, table, rows, now))
             analyze = "ANALYZE" if engine == "postgresql" else "ANALYZE TABLE"
             connection.exec_driver_sql(f"{analyze} {table}")
         print(f"## {engine}: {rows} rows filled in {time.perf_counter() - started:.1f} s")
-        for name, query in queries.items():
+
+        for name, query in hot_queries(table, rows, now).items():
             with sql_engine.connect() as connection:
                 plan = connection.exec_driver_sql(f"EXPLAIN {query}").all()
                 timings = []
