@@ -515,3 +515,30 @@ def test_transition_many_reports_each_item(engine: str, tmp_path: Path) -> None:
     assert second_record.status is TaskStatus.RUNNING
     assert third_record is not None
     assert third_record.status is TaskStatus.FAILED
+
+
+def test_late_listen_connection_resyncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from taskfuture.backends import pg_listen
+
+    require_engine("postgresql")
+    monkeypatch.setattr(pg_listen, "READY_TIMEOUT_S", 0.2)
+    attempts: list[float] = []
+
+    def connect() -> psycopg.Connection[Any]:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise psycopg.OperationalError("server not up yet")
+        return psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True)
+
+    received: list[list[str] | None] = []
+    unsubscribe = pg_listen.subscribe(
+        f"test-late-{uuid.uuid4().hex}", connect, "test server", "tf_late", received.append
+    )
+    try:
+        wait_until(lambda: None in received, 10, "the late listener asked for a resync")
+    finally:
+        unsubscribe()
+
+    assert len(attempts) == 3

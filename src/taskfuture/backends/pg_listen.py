@@ -32,7 +32,7 @@ KEEPALIVE_S = 10.0
 #: Maximum pause between two reconnect attempts, in seconds.
 MAX_BACKOFF_S = 5.0
 #: Maximum seconds ``subscribe`` waits for the LISTEN to be in place before it returns anyway.
-READY_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 2.0
 
 _LISTENERS: dict[str, Listener] = {}
 _LISTENERS_LOCK = threading.Lock()
@@ -82,6 +82,7 @@ class Listener:
         self._lock = threading.Condition()
         self._handlers: dict[str, list[NotifyHandler]] = {}
         self._listening: set[str] = set()
+        self._late = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._thread: threading.Thread | None = None
@@ -101,10 +102,15 @@ class Listener:
         self.wake()
 
     def wait_listening(self, channel: str) -> None:
+        """Wait until ``channel`` is LISTENed; on timeout, make the first LISTEN a resync."""
         with self._lock:
-            self._lock.wait_for(
+            ready = self._lock.wait_for(
                 lambda: channel in self._listening or self._closed, timeout=READY_TIMEOUT_S
             )
+            if not ready:
+                # The caller goes on without the LISTEN in place, so the
+                # commits until it is in place must be re-checked.
+                self._late = True
 
     def unregister(self, channel: str, handler: NotifyHandler) -> bool:
         """Remove ``handler``; return True when none is left, which stops the listener."""
@@ -189,6 +195,8 @@ class Listener:
         socket_fd = connection.fileno()
         while not self._closed:
             self._sync_channels(connection)
+            with self._lock:
+                resync, self._late = resync or self._late, False
             if resync:
                 # Commits made while the connection was down sent notifications
                 # nobody received: every handler must re-check what it waits for.
