@@ -161,3 +161,11 @@ def test_default_task_name_is_qualified() -> None:
     def build() -> None: ...
 
     assert build.name == f"{__name__}.test_default_task_name_is_qualified.<locals>.build"
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:pw@127.0.0.1:abc/x", "redis://127.0.0.1:99999/0"])
+def test_invalid_port_is_rejected(dsn: str) -> None:
+    with pytest.raises(ConfigurationError, match="invalid port") as caught:
+        Settings(dsn=dsn)
+
+    assert ":pw@" not in str(caught.value)

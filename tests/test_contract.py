@@ -252,11 +252,41 @@ def test_worker_fails_unknown_name_at_once(make_service: ServiceFactory) -> None
     assert worker_side.tasks["add"].submit(1, 1).result(timeout=10) == 2
 
 
-def test_worker_fails_wrong_argument_count(running_app: TaskService) -> None:
+def test_wrong_argument_count_rejected_at_submit(app: TaskService) -> None:
     with pytest.raises(TypeError, match="invalid arguments for task 'add'"):
-        running_app.submit("add", 1, 2, 3).result(timeout=10)
+        app.submit("add", 1, 2, 3)
 
-    assert running_app.submit("add", 1, 2).result(timeout=10) == 3
+    assert app.storage.claim("probe", ["default"], 10, 30) == []
+
+
+def test_worker_fails_wrong_argument_count(make_service: ServiceFactory) -> None:
+    caller = make_service()
+    worker_side = make_service()
+    register(worker_side)
+    make_service.worker(worker_side, concurrency=2)
+
+    with pytest.raises(TypeError, match="invalid arguments for task 'add'"):
+        caller.declare("add").submit(1, 2, 3).result(timeout=10)
+
+    assert worker_side.submit("add", 1, 2).result(timeout=10) == 3
+
+
+@pytest.mark.parametrize("max_attempts", [0, -1, 1.5, "a", True])
+def test_invalid_max_attempts_stores_nothing(app: TaskService, max_attempts: Any) -> None:
+    with pytest.raises(ValueError, match="invalid max_attempts"):
+        app.submit_with_options("add", (1, 2), max_attempts=max_attempts)
+
+    assert app.storage.claim("probe", ["default"], 10, 30) == []
+
+
+@pytest.mark.parametrize("args", ["ab", {"x": 1}, 5])
+def test_args_must_be_a_sequence(app: TaskService, args: Any) -> None:
+    with pytest.raises(TypeError, match="invalid args"):
+        app.submit_with_options("echo", args)
+
+
+def test_infinite_timeout_waits_without_limit(running_app: TaskService) -> None:
+    assert running_app.tasks["add"].submit(1, 1).result(timeout=math.inf) == 2
 
 
 # -- bad input stores nothing -------------------------------------------------------------
@@ -549,7 +579,7 @@ def test_expired_lease_is_claimed_again(make_service: ServiceFactory) -> None:
     time.sleep(0.1)
 
     worker = make_service.worker(service, concurrency=1)
-    assert worker.recover_expired_leases() == 1
+    worker.recover_expired_leases()
 
     assert future.result(timeout=10) == 2
     assert future.attempts == 2

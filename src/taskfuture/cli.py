@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import importlib
+import json
 import logging
 import os
 import sys
@@ -40,6 +43,8 @@ def _load_app(spec: str) -> TaskService:
     except ImportError as exc:
         raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from None
     service = getattr(module, attribute, None)
+    if service is None:
+        raise click.BadParameter(f"module {module_name!r} has no attribute {attribute!r}")
     if not isinstance(service, TaskService):
         raise click.BadParameter(f"{spec!r} is {type(service).__name__}, not a TaskService")
     return service
@@ -55,6 +60,17 @@ def _clear_errors() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+def _plain_json(value: object) -> object:
+    """Turn the extra types a result may hold into plain JSON values for printing."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
 def _load_app_with_dsn(spec: str, dsn: str | None) -> TaskService:
     """Load the app so that ``--dsn`` reaches a service the app builds with ``from_env()``."""
     if dsn:
@@ -62,7 +78,8 @@ def _load_app_with_dsn(spec: str, dsn: str | None) -> TaskService:
     service = _load_app(spec)
     if dsn and service.settings.dsn != dsn:
         raise TaskFutureError(
-            f"--dsn {mask_password(dsn)} differs from the DSN {service.settings.masked_dsn} "
+            f"--dsn (or TASKFUTURE_DSN) {mask_password(dsn)} differs from the DSN "
+            f"{service.settings.masked_dsn} "
             f"that {spec} builds its TaskService with; build it with TaskService.from_env() "
             "to let --dsn and TASKFUTURE_DSN choose, or drop --dsn"
         )
@@ -215,8 +232,6 @@ def status(ctx: click.Context, task_id: str) -> None:
 @click.pass_context
 def result(ctx: click.Context, task_id: str, timeout: float | None) -> None:
     """Wait for a task and print its result as JSON."""
-    from taskfuture import codec
-
     with _clear_errors():
         check_timeout(timeout)
         service = _service(ctx)
@@ -237,7 +252,7 @@ def result(ctx: click.Context, task_id: str, timeout: float | None) -> None:
             if exc.remote_traceback:
                 click.echo(exc.remote_traceback.rstrip(), err=True)
             raise SystemExit(1) from None
-        click.echo(codec.encode(value))
+        click.echo(json.dumps(value, default=_plain_json, ensure_ascii=False))
 
 
 @main.command()

@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,6 +94,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         scheme_of(self.dsn)
+        _check_port(self.dsn)
         for name in (
             "retention_s",
             "poll_interval_s",
@@ -154,6 +156,16 @@ class Settings:
                 values[field] = parse(text, variable)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def _check_port(dsn: str) -> None:
+    try:
+        urllib.parse.urlsplit(dsn).port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"invalid port in DSN {mask_password(dsn)!r} ({exc}); "
+            "use a number from 1 to 65535, such as redis://127.0.0.1:6379/0"
+        ) from None
 
 
 def _check_positive_int(value: object, name: str) -> None:

@@ -52,13 +52,18 @@ ProgressCallback = Callable[["TaskFuture[Any]", Progress], object]
 
 
 def check_timeout(timeout: float | None) -> float | None:
-    """Return ``timeout`` if it is None or a finite number >= 0, else raise ValueError."""
+    """Return ``timeout`` in seconds, None for no limit, or raise ValueError.
+
+    Infinity means no limit, like None.
+    """
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ValueError(f"invalid timeout {timeout!r}: expected None or a number of seconds >= 0")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"invalid timeout {timeout!r}: expected None or a number of seconds >= 0")
+    if math.isinf(timeout):
+        return None
     return float(timeout)
 
 
@@ -165,7 +170,7 @@ class TaskFuture(concurrent.futures.Future[R]):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._condition.wait(remaining)
+                self._condition.wait(min(remaining, threading.TIMEOUT_MAX))
         if not super().done():
             # One direct read at the deadline, so a task that finished in the
             # last poll interval is returned rather than reported as timed out.

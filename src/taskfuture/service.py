@@ -382,9 +382,16 @@ class TaskService:
                 raise TypeError(
                     f"cannot submit {task!r}: expected a Task or a registered task name"
                 )
+        _check_call(task, args, kwargs)
         payload = codec.encode_call(args, kwargs, self.settings.max_payload_bytes)
         now = time.time()
-        attempts_limit = max_attempts or task.max_attempts or self.settings.max_attempts
+        if max_attempts is not None:
+            TaskOptions(max_attempts=max_attempts)
+        attempts_limit = next(
+            limit
+            for limit in (max_attempts, task.max_attempts, self.settings.max_attempts)
+            if limit is not None
+        )
         return TaskRecord(
             task_id=new_task_id(),
             name=task.name,
@@ -600,6 +607,25 @@ class TaskService:
             logger.info("Task %s cancelled", record.task_id)
             self._apply(future, record)
             return True
+
+
+def _check_call(task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Reject arguments of the wrong shape, and calls the task's signature cannot bind."""
+    if isinstance(args, str | bytes | Mapping) or not isinstance(args, Sequence):
+        raise TypeError(
+            f"invalid args {args!r} for task {task.name!r}: expected a list or tuple of "
+            "positional arguments"
+        )
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(
+            f"invalid kwargs {kwargs!r} for task {task.name!r}: "
+            "expected a dict of keyword arguments"
+        )
+    if task.signature is not None:
+        try:
+            task.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"invalid arguments for task {task.name!r}: {exc}") from None
 
 
 #: Seconds past a lease's end before a caller treats the worker as lost; covers clock skew.

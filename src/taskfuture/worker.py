@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from taskfuture import codec
+from taskfuture.config import validate_queue_name
 from taskfuture.context import TaskContext, reset_current_context, set_current_context
 from taskfuture.errors import (
     ConcurrentModificationError,
@@ -95,7 +96,9 @@ class Worker:
         self.service = service
         self.storage = service.storage
         self.settings = service.settings
-        self.queues = tuple(queues or self.settings.queues)
+        self.queues = tuple(
+            validate_queue_name(queue) for queue in (queues or self.settings.queues)
+        )
         self.concurrency = concurrency
         self.shutdown_timeout_s = shutdown_timeout_s
         self.worker_id = (
@@ -201,9 +204,8 @@ class Worker:
         logger.info("Worker %s stopped; outcomes %s", self.worker_id, self._summary())
 
     def _summary(self) -> str:
-        return ", ".join(
-            f"{status.lower()}={count}" for status, count in self.counts.items() if count
-        )
+        counts = [f"{status.lower()}={count}" for status, count in self.counts.items() if count]
+        return ", ".join(counts) or "none"
 
     def _running_ids(self) -> list[str]:
         with self._lock:
@@ -528,14 +530,18 @@ class Worker:
         next_heartbeat = time.monotonic() + self.heartbeat_interval_s
         next_recovery = 0.0
         while not self._stopped.wait(self._until_next_check(next_heartbeat)):
-            self._enforce_time_limits()
             now = time.monotonic()
-            if now >= next_heartbeat:
-                self._heartbeat()
-                next_heartbeat = now + self.heartbeat_interval_s
-            if now >= next_recovery and not self._stopping.is_set():
-                self.recover_expired_leases()
-                next_recovery = now + self.settings.lease_s / 2
+            try:
+                self._enforce_time_limits()
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.heartbeat_interval_s
+                    self._heartbeat()
+                if now >= next_recovery and not self._stopping.is_set():
+                    next_recovery = now + self.settings.lease_s / 2
+                    self.recover_expired_leases()
+            except Exception:
+                # The heartbeat keeps every lease alive: it must outlive any one error.
+                logger.exception("Worker %s heartbeat failed; retrying", self.worker_id)
 
     def _until_next_check(self, next_heartbeat: float) -> float:
         with self._lock:
@@ -617,8 +623,11 @@ class Worker:
             return 0
         recovered = 0
         for record in expired:
-            if self.service.recover_lost_task(record):
-                recovered += 1
+            try:
+                if self.service.recover_lost_task(record):
+                    recovered += 1
+            except Exception:
+                logger.exception("Recovering task %s failed; will retry", record.task_id)
         return recovered
 
     def _release_all(self) -> None:
