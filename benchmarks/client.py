@@ -28,7 +28,7 @@ from benchmarks.settings import REPO, WORK_DIR, Sizes
 
 #: Seconds one result may take in the round-trip and status figures.
 RESULT_TIMEOUT_S = 30.0
-#: Seconds the worker may take to answer its first task.
+#: Seconds the worker may take to return the result of its first task.
 WORKER_READY_TIMEOUT_S = 60.0
 #: Seconds the drain figure may take in all before it counts as failed.
 DRAIN_TIMEOUT_S = 300.0

@@ -97,7 +97,7 @@ def collect(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 for spec in FIGURES:
                     if spec.source == source and spec.field in figure:
                         values.setdefault(spec.key, []).append(figure[spec.field])
-        meta = next((run for run in case["runs"] if "waits" in run), {})
+        meta = next((run for run in reversed(case["runs"]) if "waits" in run), {})
         table[name] = {
             "library": case["library"],
             "engine": case["engine"],
@@ -394,15 +394,23 @@ def render(
         "| component | version |",
         "|---|---|",
     ]
-    versions: dict[str, str] = {}
-    for entry in table.values():
+    # Environments may pin different versions of one package (arq pins redis<6).
+    versions: dict[str, dict[str, list[str]]] = {}
+    for name, entry in table.items():
         for package, version in entry["versions"].items():
-            versions.setdefault(package, version)
+            versions.setdefault(package, {}).setdefault(version, []).append(name)
     servers = results["servers"]
     for server in ("Redis", "PostgreSQL", "MariaDB"):
         lines.append(f"| {server} server | {servers.get(server, 'unknown')} |")
     for package in sorted(versions, key=str.lower):
-        lines.append(f"| {package} | {versions[package]} |")
+        found = versions[package]
+        if len(found) == 1:
+            shown = next(iter(found))
+        else:
+            shown = "; ".join(
+                f"{version} ({', '.join(names)})" for version, names in sorted(found.items())
+            )
+        lines.append(f"| {package} | {shown} |")
     lines += ["", *MEASUREMENT_NOTES.format(**sizes).splitlines(), ""]
 
     lines += [

@@ -47,16 +47,18 @@ PEER_NOTES = """\
   builds its SQLAlchemy engine with `NullPool`, so every status read and every result
   poll in the caller opens a new PostgreSQL connection. That makes its status calls
   and its result collection slow, far more than the 10 ms poll interval.
-- **RQ**: the worker forks a work horse for every job, and the parent then waits for
-  the child; on 2 cores with 4 worker processes that fork dominates both the round trip
-  and the drain. Waiting for a result is a blocking `XREAD`, so the caller side is push.
+- **RQ**: the worker forks a work horse for every job and waits for it to exit. With 4
+  worker processes on 2 cores that per-job fork is the likely cost behind its round trip
+  and drain (RQ itself was not profiled here). Waiting for a result is a blocking
+  `XREAD`, so the caller side is push.
 - **Dramatiq**: an idle worker polls the queue with exponential backoff (5 ms doubling
   up to `worker_timeout`, 1 s by default), and the backoff resets only when a message
-  arrives, so sequential round trips usually wait one backoff step. Dramatiq has no
+  arrives, so a sequential round trip waits out part of a backoff step. Dramatiq has no
   status API; the status figure is a non-blocking `get_result`.
-- **Huey, Redis without notification**: the caller polls for the result starting at
-  50 ms, so no round trip is shorter than about 50 ms even though the consumer picks the
-  task up at once (`BRPOP`).
+- **Huey, Redis without notification**: the caller reads the result store once right away,
+  then polls from 50 ms. The consumer picks the task up at once (`BRPOP`), so a round
+  trip is either a few milliseconds, when the result is already stored at that first
+  look, or about 50 ms; the plot shows both groups.
 - **Huey, Redis with `notify_result=True`**: the caller blocks on `BLPOP` on a
   per-task key, so this is Huey's push path and its fastest round trip.
 - **Huey, SQLite**: the consumer polls the task table (the harness sets the first delay
@@ -73,9 +75,9 @@ PEER_NOTES = """\
 
 #: Why a target is missed, by (engine, figure), from the profile below; shown beside a miss.
 MISS_REASONS = {
-    ("Redis", "submit"): "one EVALSHA round trip per submit; the caller waits on Redis for "
-    "about half of it and spends a quarter in taskfuture's Python (record, id, JSON, waiter "
-    "registration), see Profile",
+    ("Redis", "submit"): "one EVALSHA round trip per submit; most of it is the wait for Redis "
+    "and the next share is taskfuture's Python (record, id, JSON, waiter registration), see "
+    "Profile",
     ("Redis", "bulk"): "not profiled apart: per task the caller still builds a record, an id, "
     "the JSON payload and a future, as in a single submit, and the script writes a hash and "
     "a stream entry per task",
@@ -83,14 +85,15 @@ MISS_REASONS = {
     "pub/sub, then the waiter reads the record before resolving the future",
     ("Redis", "drain"): "the worker waits on Redis for most of its time (claim and outcome "
     "scripts), see Profile",
-    ("PostgreSQL", "submit"): "each submit is a commit (WAL flush); in the profile psycopg's "
-    "Python and SQLAlchemy take about 40 % of a submit, and the floor table shows a bare INSERT",
+    ("PostgreSQL", "submit"): "each submit is a commit (WAL flush) and most of it is the wait "
+    "for PostgreSQL; psycopg's Python and SQLAlchemy take most of the rest, and the floor table "
+    "shows a bare INSERT",
     ("PostgreSQL", "bulk"): "not profiled apart: per task the caller still builds a record, an "
     "id, the JSON payload and a future, as in a single submit",
     ("PostgreSQL", "rtt_p50"): "three commits sit on the path (submit, claim, outcome) and the "
     "waiter reads the record again after the NOTIFY, see Profile",
-    ("PostgreSQL", "drain"): "the worker waits on PostgreSQL for about half of its time and "
-    "spends a quarter in psycopg's Python, see Profile",
+    ("PostgreSQL", "drain"): "the worker waits on PostgreSQL for about half of its hot-path "
+    "time and spends most of the rest in psycopg's Python and SQLAlchemy, see Profile",
     ("PostgreSQL", "submit_p99"): "commit latency on a shared disk: the tail follows the WAL "
     "flush, not taskfuture",
     ("PostgreSQL", "status_queued_p50"): "one SELECT through SQLAlchemy and psycopg",
@@ -117,11 +120,13 @@ def profile_section(path: pathlib.Path) -> list[str]:
     lines = [
         "## Profile of taskfuture's hot paths",
         "",
-        f"From `{data['command']}` on {data['started_at']} (UTC). "
-        "Submit and the caller's waiter thread were profiled with cProfile (its overhead "
-        "inflates time spent in Python relative to time spent in C and on the network); "
-        "the worker was sampled with py-spy while it drained "
-        f"{data['drain_tasks']} tasks, idle threads left out.",
+        f"From `{data['command'].strip()}` on {data['started_at']} (UTC), just before the "
+        "benchmark run. Single submits were profiled with cProfile, whose overhead inflates "
+        "time spent in Python relative to time in C and on the network. The worker was "
+        f"sampled with py-spy (including idle threads) while it drained {data['drain_tasks']} "
+        "tasks, and only samples inside the hot steps (claim, dispatch, run, store outcome) "
+        "are counted. The machine was loaded by other work at the time, so compare the "
+        "shares, not the absolute times, with the benchmark tables.",
         "",
     ]
     lines += [
@@ -213,8 +218,8 @@ def profile_section(path: pathlib.Path) -> list[str]:
 PROFILE_FINDINGS = """\
 ### Findings
 
-- **Redis.** A submit is one `EVALSHA`; in the caller about half of its time is the wait
-  for Redis to run the script, and a quarter is taskfuture's own Python (building the
+- **Redis.** A submit is one `EVALSHA`; in the caller most of its time is the wait for
+  Redis to run the script, and the next share is taskfuture's own Python (building the
   record and its id, encoding the arguments, registering the future with the waiter).
   The worker spends most of its hot-path thread time waiting for the claim and outcome
   scripts, so its remaining time is in the server and the driver. The largest part of a
@@ -229,9 +234,10 @@ PROFILE_FINDINGS = """\
   taskfuture's own code is under a tenth. On the round trip, the claim is quick (the
   worker hears a `NOTIFY`), but the claim and the outcome are two more commits, and after
   the `NOTIFY` of the outcome the waiter reads the record before it resolves the future.
-  The worker waits on PostgreSQL for about half of its hot-path time and spends about a
-  quarter in psycopg's Python. Suggested in `backends/sql.py` and `future.py`: carry the
-  terminal state in the `NOTIFY` payload so the waiter needs no read.
+  The worker waits on PostgreSQL for about half of its hot-path time and spends most of
+  the rest in psycopg's Python and SQLAlchemy. Suggested in `backends/sql.py` and
+  `future.py`: carry the terminal state in the `NOTIFY` payload so the waiter needs no
+  read.
 - **MariaDB.** The round trip is two 100 ms poll loops (the idle worker's and the
   waiter's), since MariaDB has no push; the worker waits on the server for three quarters
   of its hot-path time.
@@ -249,10 +255,11 @@ PROFILE_FINDINGS = """\
   progress-callback list on first use.
 - **Waiting queries.** With push (Redis, PostgreSQL, and the SQLite channel) the waiter
   reads the changed ids after every notification batch, with no rate limit, so a process
-  holding 100 000 futures while a worker finishes them makes far more than 10 status
-  queries a second (see the table above); only MariaDB, which polls, stays under the
-  limit. Taking the state from the notification payload, or coalescing notified ids for
-  up to 100 ms after a read, would keep it under 10 (`future.py`, `Waiter._loop`).
+  holding 100 000 futures while a worker finishes them can make more than 10 status
+  queries a second (see the table above: the rate follows how fast the worker finishes
+  tasks); MariaDB, which only polls, stays under the limit. Taking the state from the
+  notification payload, or coalescing notified ids for up to 100 ms after a read, would
+  keep it under 10 (`future.py`, `Waiter._loop`).
 - **Fixed here.** `models.new_task_id` formatted its UUID through `uuid.UUID`; formatting
   the hex digits directly cut it from about 7 µs to under 3 µs per submit. A fast path in
   `codec.encode_call` for plain JSON arguments was tried and dropped, because it made no

@@ -1,7 +1,8 @@
 """Run the benchmark: every case, interleaved over rounds, then memory, then the report.
 
-``python -m benchmarks.run --full`` is ``make bench`` (about 30 minutes) and
-``--quick`` is ``make bench-quick`` (about 5 minutes, smaller sizes, one round).
+``python -m benchmarks.run --full`` is ``make bench`` (sized for 30 minutes on 2 cores,
+longer when other work loads the machine) and ``--quick`` is ``make bench-quick``
+(sized for 5 minutes: smaller sizes, one round).
 """
 
 from __future__ import annotations
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [case for case in CASES if args.only is None or case.name in args.only]
     started = time.monotonic()
     started_at = dt.datetime.now(dt.UTC)
+    # Recorded at the start: every client imports the working tree as it is when it starts.
+    code = code_state()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
 
     logger.info("Preparing peer environments and servers")
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.monotonic() - started,
         "sizes": dataclasses.asdict(sizes),
         "machine": machine_info(),
-        "code": code_state(),
+        "code": code,
         "servers": servers,
         "load": {"min": min(loads), "max": max(loads), "samples": loads},
         "env_errors": env_errors,

@@ -24,13 +24,13 @@ from benchmarks.settings import (
 from taskfuture import TaskFuture, TaskService
 
 WAITS = {
-    "sqlite": "waiter thread; push through the local channel if the SQLite backend has one, "
-    "else one batched poll per 100 ms (the default poll interval)",
-    "pg": "waiter thread woken by LISTEN/NOTIFY when the backend pushes; "
-    "batched poll per 100 ms otherwise",
-    "mariadb": "waiter thread, one batched poll per 100 ms (the default poll interval)",
-    "redis": "waiter thread woken by pub/sub when the backend pushes; "
-    "batched poll per 100 ms otherwise",
+    "sqlite": "waiter thread woken by datagrams on the local channel beside the database "
+    "file; batched re-check every 5 s",
+    "pg": "waiter thread woken by LISTEN/NOTIFY (sent by triggers); batched re-check every 5 s",
+    "mariadb": "waiter thread, one batched poll per 100 ms (the default poll interval), since "
+    "MariaDB cannot push",
+    "redis": "waiter thread woken by pub/sub on the task-change channel; batched re-check "
+    "every 5 s",
 }
 
 
