@@ -564,7 +564,7 @@ class SQLStorage(TaskStorage):
     def _apply_batched(
         self, conn: Connection, items: list[tuple[str, int, dict[str, Any]]]
     ) -> set[str]:
-        """Apply changes that set the same columns with one UPDATE ... FROM (VALUES ...).
+        """Apply changes that set the same columns with one UPDATE ... FROM unnest(...).
 
         Returns the ids whose compare-and-set succeeded.
         """
@@ -573,8 +573,23 @@ class SQLStorage(TaskStorage):
             groups.setdefault(tuple(item[2]), []).append(item)
         applied: set[str] = set()
         for keys, group in groups.items():
-            statement = self._statements.transition_batch(keys, group)
-            applied.update(conn.execute(statement).scalars())
+            if len(group) == 1:
+                # One row: the plain compare-and-set runs faster than unnest.
+                task_id, expected_version, values = group[0]
+                single = {f"p_{key}": value for key, value in values.items()}
+                single["p_task_id"] = task_id
+                single["p_expected_version"] = expected_version
+                if conn.execute(self._statements.transition(keys, False), single).rowcount:
+                    applied.add(task_id)
+                continue
+            parameters: dict[str, list[Any]] = {
+                "b_task_id": [task_id for task_id, _, _ in group],
+                "b_expected_version": [expected for _, expected, _ in group],
+            }
+            for key in keys:
+                parameters[f"b_{key}"] = [values[key] for _, _, values in group]
+            statement = self._statements.transition_batch(keys)
+            applied.update(conn.execute(statement, parameters).scalars())
         return applied
 
     def _announce_change(self, task_id: str, status: TaskStatus, queue: str | None) -> None:
@@ -940,6 +955,7 @@ class _Statements:
             self.claim_one_queue = self._due_rows(one_queue)
             self.claim_queues = self._due_rows(queues_match)
         self._transitions: dict[tuple[tuple[str, ...], bool], sa.UpdateBase] = {}
+        self._batches: dict[tuple[str, ...], sa.UpdateBase] = {}
 
     def _claim_values(self) -> dict[str, Any]:
         table = self.table
@@ -1003,39 +1019,43 @@ class _Statements:
         due = sa.select(tombstones.c.id).where(done).limit(limit)
         return tombstones.delete().where(tombstones.c.id.in_(due.scalar_subquery()))
 
-    def transition_batch(
-        self, keys: tuple[str, ...], items: list[tuple[str, int, dict[str, Any]]]
-    ) -> sa.UpdateBase:
-        """Build one compare-and-set UPDATE for ``items`` that all set the columns ``keys``.
+    def transition_batch(self, keys: tuple[str, ...]) -> sa.UpdateBase:
+        """Return one compare-and-set UPDATE for many tasks that all set the columns ``keys``.
 
-        It returns the ids it changed. The values are cast to the column types
-        because a VALUES column of NULLs alone has no type PostgreSQL can infer.
+        Each column of the batch is one array parameter (``b_task_id``,
+        ``b_expected_version``, ``b_<key>``) that ``unnest`` turns into rows,
+        so the SQL text is the same for any batch size and is compiled and
+        prepared once. The statement returns the ids it changed.
         """
+        statement = self._batches.get(keys)
+        if statement is not None:
+            return statement
         table = self.table
-        columns: list[sa.ColumnClause[Any]] = [
-            sa.column("task_id", sa.String()),
-            sa.column("expected_version", sa.Integer()),
-            *(sa.column(f"v_{key}", table.c[key].type) for key in keys),
+        names = ["task_id", "expected_version", *keys]
+        types: list[sa.types.TypeEngine[Any]] = [
+            sa.String(),
+            sa.Integer(),
+            *(table.c[key].type for key in keys),
+        ]
+        arrays = [
+            sa.bindparam(f"b_{name}", type_=postgresql.ARRAY(type_))
+            for name, type_ in zip(names, types, strict=True)
         ]
         batch = (
-            sa.values(*columns, name="batch")
-            .data(
-                [
-                    (task_id, expected, *(values[key] for key in keys))
-                    for task_id, expected, values in items
-                ]
+            sa.func.unnest(*arrays)
+            .table_valued(
+                *(sa.column(name, type_) for name, type_ in zip(names, types, strict=True))
             )
-            .alias("batch")
+            .render_derived(name="batch")
         )
-        return (
+        statement = (
             table.update()
             .where(table.c.id == batch.c.task_id, table.c.version == batch.c.expected_version)
-            .values(
-                version=table.c.version + 1,
-                **{key: sa.cast(batch.c[f"v_{key}"], table.c[key].type) for key in keys},
-            )
+            .values(version=table.c.version + 1, **{key: batch.c[key] for key in keys})
             .returning(table.c.id)
         )
+        self._batches[keys] = statement
+        return statement
 
     def transition(self, keys: tuple[str, ...], returning: bool) -> sa.UpdateBase:
         """Return the compare-and-set UPDATE that sets the columns ``keys``."""
