@@ -775,3 +775,23 @@ def test_touch_of_pending_task_returns_false(app: TaskService) -> None:
 
     assert future.touch(60) is False
     assert future.status() is TaskStatus.PENDING
+
+
+def test_crowd_of_futures_caps_status_queries(make_service: ServiceFactory) -> None:
+    service = make_service(poll_interval_s=0.1)
+    register(service)
+    # 3 000 tasks of 10 ms on four slots keep well over 1 000 futures open
+    # while the queries are counted.
+    futures = service.submit_many("sleep", [(0.01,)] * 3000)
+    make_service.worker(service, concurrency=4)
+    time.sleep(0.3)
+    before = service.status_queries
+
+    started = time.monotonic()
+    time.sleep(1.5)
+    elapsed = time.monotonic() - started
+    queries = service.status_queries - before
+    still_open = sum(not future.done() for future in futures)
+
+    assert still_open > 1000
+    assert queries <= elapsed * 10 + 2, f"{queries} status queries in {elapsed:.2f} s"

@@ -41,6 +41,9 @@ R = TypeVar("R")
 MAX_QUERIES_PER_S = 10.0
 #: Ids per status query.
 QUERY_BATCH = 5000
+#: Open futures above which reads after pushes are also spaced to MAX_QUERIES_PER_S;
+#: with fewer, each push is read at once, which keeps a single wait fast.
+CROWD_SIZE = 1000
 #: With push wake-up, how often the waiter still re-checks every open future.
 SAFETY_RECHECK_S = 5.0
 #: With push, how long after each (re)subscription new futures are read once,
@@ -435,6 +438,7 @@ class Waiter:
     def _loop(self) -> None:
         full_pass_due = 0.0
         uncommitted_due = 0.0
+        push_read_due = 0.0
         while True:
             with self._lock:
                 if self._closed:
@@ -460,9 +464,17 @@ class Waiter:
                         self._fresh_until = time.monotonic() + FRESH_WINDOW_S
                 interval = SAFETY_RECHECK_S if self._unsubscribe else self._poll_interval_s
                 full_pass_due = time.monotonic() + max(interval, queries / MAX_QUERIES_PER_S)
+            elif changed and now < push_read_due:
+                # A crowd of open futures: keep the ids for the next batched read.
+                with self._lock:
+                    self._changed.update(changed)
             elif changed:
                 self._poll(sorted(changed))
+                if len(self._futures) > CROWD_SIZE:
+                    push_read_due = time.monotonic() + 1 / MAX_QUERIES_PER_S
             wait_s = max(0.0, full_pass_due - time.monotonic())
+            if self._changed:
+                wait_s = min(wait_s, max(0.0, push_read_due - time.monotonic()))
             with self._lock:
                 if self._fresh:
                     wait_s = min(wait_s, max(0.0, self._fresh_due - time.monotonic()))
