@@ -17,7 +17,7 @@ from pathlib import Path
 from taskfuture import TaskService, Worker
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from apptasks import register  # noqa: E402
+from apptasks import register
 
 FUTURES = 100_000
 BATCH = 5_000
