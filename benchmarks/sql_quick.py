@@ -69,8 +69,10 @@ def new_service(engine: str, **options: Any) -> TaskService:
 
 
 def drop(service: TaskService) -> None:
-    service.storage.drop()  # type: ignore[attr-defined]
+    # Closing first stops the waiter, which would otherwise read the dropped table.
     service.close()
+    service.storage.drop()  # type: ignore[attr-defined]
+    service.storage.close()
 
 
 def measure_submit(service: TaskService, count: int) -> float:
