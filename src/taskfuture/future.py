@@ -73,8 +73,11 @@ def check_timeout(timeout: float | None) -> float | None:
 class TaskFuture(concurrent.futures.Future[R]):
     """A handle on a task that runs in a worker, usable wherever a Future is.
 
-    ``done()``, ``running()`` and ``progress()`` answer from the last state the
-    waiter saw, at most one poll interval old. ``status()`` reads storage now.
+    ``done()``, ``running()`` and ``progress()`` return the last state the
+    waiter saw. On polling engines it is at most one poll interval old. On
+    push engines a change arrives with its push, and a change that sends no
+    push (a claim, on some engines) shows at the next safety re-check, up to
+    SAFETY_RECHECK_S later. ``status()`` reads storage now.
     """
 
     def __init__(
