@@ -131,6 +131,20 @@ _RANDOM_MASK = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
 _VERSION_AND_VARIANT = (0x7 << 76) | (0x2 << 62)
 
 
+#: The fields of a Transition that are written only when set (not None).
+TRANSITION_FIELDS = (
+    "attempts",
+    "available_at",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "lease_until",
+    "worker_id",
+    "result",
+    "error",
+)
+
+
 def new_task_id() -> str:
     """Return a new time-ordered UUID (version 7) as text."""
     milliseconds = time.time_ns() // 1_000_000

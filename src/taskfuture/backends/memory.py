@@ -15,7 +15,7 @@ from typing import Any
 from taskfuture.backends.base import ChangeListener, TaskStorage
 from taskfuture.config import Settings
 from taskfuture.errors import ConcurrentModificationError, ConfigurationError, TaskNotFoundError
-from taskfuture.models import TaskRecord, TaskStatus, Transition
+from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition
 
 _STORES: dict[str, _Store] = {}
 _STORES_LOCK = threading.Lock()
@@ -40,11 +40,7 @@ def apply_transition(record: TaskRecord, change: Transition) -> None:
     """Apply ``change`` to ``record`` in place and bump its version."""
     record.status = change.status
     record.version += 1
-    for field in ("attempts", "available_at", "started_at", "finished_at", "expires_at"):
-        value = getattr(change, field)
-        if value is not None:
-            setattr(record, field, value)
-    for field in ("lease_until", "worker_id", "result", "error"):
+    for field in TRANSITION_FIELDS:
         value = getattr(change, field)
         if value is not None:
             setattr(record, field, value)

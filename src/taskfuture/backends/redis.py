@@ -60,7 +60,7 @@ from taskfuture.errors import (
     TaskFutureError,
     TaskNotFoundError,
 )
-from taskfuture.models import TaskRecord, TaskStatus, Transition
+from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +89,7 @@ READ_BATCH = 5000
 _OPTIONAL_FLOAT_FIELDS = ("started_at", "finished_at", "expires_at", "lease_until")
 _OPTIONAL_TEXT_FIELDS = ("worker_id", "result", "error", "progress")
 #: Transition fields copied to the hash when set.
-_CHANGE_FIELDS = (
-    "attempts",
-    "available_at",
-    "started_at",
-    "finished_at",
-    "expires_at",
-    "lease_until",
-    "worker_id",
-    "result",
-    "error",
-)
+_CHANGE_FIELDS = TRANSITION_FIELDS
 
 #: Query options of a ``redis://`` DSN, beside those redis-py parses itself.
 _EXTRA_QUERY_OPTIONS = frozenset(

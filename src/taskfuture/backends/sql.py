@@ -46,7 +46,7 @@ from taskfuture.errors import (
     TaskFutureError,
     TaskNotFoundError,
 )
-from taskfuture.models import TaskRecord, TaskStatus, Transition
+from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition
 
 if TYPE_CHECKING:
     import psycopg
@@ -1145,17 +1145,7 @@ def _row(record: TaskRecord) -> dict[str, Any]:
     }
 
 
-_OPTIONAL_FIELDS = (
-    "attempts",
-    "available_at",
-    "started_at",
-    "finished_at",
-    "expires_at",
-    "lease_until",
-    "worker_id",
-    "result",
-    "error",
-)
+_OPTIONAL_FIELDS = TRANSITION_FIELDS
 
 
 def _transition_values(change: Transition) -> dict[str, Any]:
