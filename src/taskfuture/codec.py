@@ -24,7 +24,7 @@ from taskfuture.models import ErrorInfo
 TAG = "__tf__"
 
 # ASCII output escapes every non-ASCII character, lone surrogates included, so
-# any string Python holds can be stored by every engine and decoded back.
+# any Python string can be stored by every engine and decoded back.
 _encode_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
 _decode_json = json.JSONDecoder().decode
 

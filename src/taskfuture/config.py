@@ -69,7 +69,7 @@ class Settings:
     see :meth:`from_env` for the variable names.
     """
 
-    #: Which engine holds the queue and the records, such as ``sqlite:///taskfuture.db``.
+    #: The engine that stores the queue and the records, such as ``sqlite:///taskfuture.db``.
     dsn: str = DEFAULT_DSN
     #: How long a finished task is kept before cleanup may delete it.
     retention_s: float = 24 * 3600.0
@@ -79,7 +79,7 @@ class Settings:
     lease_s: float = 30.0
     #: Queues a worker consumes when none are given; the first is where tasks go by default.
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
-    #: Name of the SQL table that holds tasks (also the key prefix on Redis).
+    #: Name of the SQL table that stores tasks (also the key prefix on Redis).
     table: str = DEFAULT_TABLE
     #: How long the tombstone of a cleaned task is kept, so that its id reads as expired.
     tombstone_s: float = 7 * 24 * 3600.0

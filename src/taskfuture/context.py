@@ -1,4 +1,4 @@
-"""What a running task sees: its id, its attempt, cancellation and progress."""
+"""The running task's context: its id, its attempt, cancellation and progress."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class TaskContext:
         self._pending: Progress | None = None
 
     def cancelled(self) -> bool:
-        """Whether cancellation was requested (or the worker is shutting down)."""
+        """Return whether cancellation was requested (or the worker is shutting down)."""
         return self._cancelled.is_set()
 
     def raise_if_cancelled(self) -> None:

@@ -118,11 +118,11 @@ class TaskFuture(concurrent.futures.Future[R]):
         return record.status
 
     def running(self) -> bool:
-        """Whether a worker was running the task when the waiter last looked."""
+        """Return whether a worker was running the task when the waiter last read it."""
         return not super().done() and self._status is TaskStatus.RUNNING
 
     def progress(self) -> Progress | None:
-        """The last progress the task reported, or None if it reported none."""
+        """Return the last progress the task reported, or None if it reported none."""
         return self._progress
 
     # -- waiting ---------------------------------------------------------------
@@ -211,7 +211,7 @@ class TaskFuture(concurrent.futures.Future[R]):
         """Cancel the task unless it already finished; return True if it is now cancelled.
 
         A queued task is never run. A running task is marked CANCELLED at once
-        and its worker is told to stop it: async tasks get CancelledError at
+        and its worker stops it. Async tasks get CancelledError at
         their next await, sync tasks see ``context.cancelled()`` become True.
         Code already running may go on until it next checks.
         """
@@ -318,7 +318,7 @@ class Waiter:
         self._changed: set[str] = set()
         self._resync = False
         #: Ids submitted in an application transaction, with a function that
-        #: tells whether it ended; their missing records may still appear.
+        #: returns whether it ended; their missing records may still appear.
         self._uncommitted: dict[str, Callable[[], bool]] = {}
         #: With push, ids tracked since the last read; see :meth:`track`.
         self._fresh: set[str] = set()
@@ -383,7 +383,7 @@ class Waiter:
             return len(self._futures)
 
     def awaits_commit(self, task_id: str) -> bool:
-        """Whether ``task_id`` was written in an application transaction that may still be open.
+        """Return whether ``task_id`` was written in a still-open application transaction.
 
         Call it before reading the record: a transaction that ends between the
         two would otherwise make a committed task look missing.

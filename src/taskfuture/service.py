@@ -36,7 +36,7 @@ _NAME_LIMIT = 200
 
 @dataclasses.dataclass(frozen=True)
 class TaskOptions:
-    """How a registered task is queued, retried and limited."""
+    """Queue, retry and time-limit options of a registered task."""
 
     #: Queue the task goes to unless a submit names another; None: the first configured queue.
     queue: str | None = None
@@ -50,7 +50,7 @@ class TaskOptions:
     retry_backoff_max_s: float = 300.0
     #: Whether each pause is shortened by a random factor between 0.5 and 1.
     retry_jitter: bool = True
-    #: Longest a run may take before it is stopped and fails with TaskTimeLimitError.
+    #: Maximum seconds a run may take before it is stopped and fails with TaskTimeLimitError.
     time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -154,7 +154,7 @@ class TaskService:
     """Entry point: registers tasks, submits them and hands out their futures.
 
     Args:
-        dsn: which engine holds tasks, such as ``sqlite:///taskfuture.db``,
+        dsn: the engine that stores tasks, such as ``sqlite:///taskfuture.db``,
             ``postgresql://user@host/db`` or ``redis://localhost:6379/0``.
             None reads the environment like :meth:`from_env`.
         settings: a complete :class:`Settings`; keyword options override it.
@@ -453,6 +453,25 @@ class TaskService:
             if count < batch:
                 return deleted
 
+    def finish_change(
+        self,
+        status: TaskStatus,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        release: bool = True,
+    ) -> Transition:
+        """Build the transition to a terminal ``status``, with retention starting now."""
+        now = time.time()
+        return Transition(
+            status,
+            finished_at=now,
+            expires_at=now + self.settings.retention_s,
+            result=result,
+            error=error,
+            release=release,
+        )
+
     def recover_lost_task(self, record: TaskRecord) -> bool:
         """Requeue a RUNNING task whose lease ran out, or fail it when its attempts are spent.
 
@@ -469,13 +488,8 @@ class TaskService:
                 f"worker {record.worker_id} stopped sending heartbeats while running the task, "
                 f"and all {record.max_attempts} attempt(s) are spent"
             )
-            change = Transition(
-                TaskStatus.FAILED,
-                finished_at=now,
-                expires_at=now + self.settings.retention_s,
-                error=codec.make_error("taskfuture.errors", "WorkerLostError", message),
-                release=True,
-            )
+            error = codec.make_error("taskfuture.errors", "WorkerLostError", message)
+            change = self.finish_change(TaskStatus.FAILED, error=error)
             outcome = "failed as worker lost"
         try:
             self.storage.transition(record.task_id, record.version, change)
@@ -567,7 +581,7 @@ class TaskService:
             future._set_outcome(TaskStatus.CANCELLED)
 
     def _missing_error(self, task_id: str) -> TaskNotFoundError:
-        """Return TaskExpiredError if a tombstone says the task expired, else TaskNotFoundError."""
+        """Return TaskExpiredError if a tombstone exists for the task, else TaskNotFoundError."""
         if task_id in self.storage.expired_ids([task_id]):
             return errors.TaskExpiredError(task_id)
         return TaskNotFoundError(task_id)
@@ -590,13 +604,8 @@ class TaskService:
             if record.status.terminal:
                 self._apply(future, record)
                 return record.status is TaskStatus.CANCELLED
-            now = time.time()
-            change = Transition(
-                TaskStatus.CANCELLED,
-                finished_at=now,
-                expires_at=now + self.settings.retention_s,
-                error=codec.make_error("builtins", "CancelledError", "cancelled by the caller"),
-            )
+            error = codec.make_error("builtins", "CancelledError", "cancelled by the caller")
+            change = self.finish_change(TaskStatus.CANCELLED, error=error, release=False)
             try:
                 record = self.storage.transition(record.task_id, record.version, change)
             except ConcurrentModificationError:

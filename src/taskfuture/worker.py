@@ -352,14 +352,7 @@ class Worker:
 
     def _store_result(self, running: _Running, result: str) -> None:
         """Complete the run with ``result``, JSON text made by :func:`codec.encode`."""
-        now = time.time()
-        change = Transition(
-            TaskStatus.COMPLETED,
-            finished_at=now,
-            expires_at=now + self.settings.retention_s,
-            result=result,
-            release=True,
-        )
+        change = self.service.finish_change(TaskStatus.COMPLETED, result=result)
         self._finish(running, change)
 
     def _finish_failed(self, running: _Running, exc: BaseException) -> None:
@@ -385,14 +378,7 @@ class Worker:
         if retryable and self._retry(running, error, summary):
             return
         logger.warning("Task %s (%s) failed: %s", record.task_id, record.name, summary)
-        now = time.time()
-        change = Transition(
-            TaskStatus.FAILED,
-            finished_at=now,
-            expires_at=now + self.settings.retention_s,
-            error=error,
-            release=True,
-        )
+        change = self.service.finish_change(TaskStatus.FAILED, error=error)
         self._finish(running, change)
 
     def _retry(self, running: _Running, error: str, summary: str) -> bool:
@@ -424,14 +410,8 @@ class Worker:
         self, record: TaskRecord, type_name: str, message: str, module: str = "builtins"
     ) -> None:
         logger.error("Task %s (%s) failed before running: %s", record.task_id, record.name, message)
-        now = time.time()
-        change = Transition(
-            TaskStatus.FAILED,
-            finished_at=now,
-            expires_at=now + self.settings.retention_s,
-            error=codec.make_error(module, type_name, message),
-            release=True,
-        )
+        error = codec.make_error(module, type_name, message)
+        change = self.service.finish_change(TaskStatus.FAILED, error=error)
         self._store_outcome(record, change)
 
     def _finish(self, running: _Running, change: Transition) -> None:
@@ -570,14 +550,8 @@ class Worker:
         limit = running.task.options.time_limit_s
         message = f"task {record.name!r} ran longer than its time limit of {limit:g} s"
         logger.warning("Task %s (%s) stopped: %s", record.task_id, record.name, message)
-        now = time.time()
-        change = Transition(
-            TaskStatus.FAILED,
-            finished_at=now,
-            expires_at=now + self.settings.retention_s,
-            error=codec.make_error("taskfuture.errors", "TaskTimeLimitError", message),
-            release=True,
-        )
+        error = codec.make_error("taskfuture.errors", "TaskTimeLimitError", message)
+        change = self.service.finish_change(TaskStatus.FAILED, error=error)
         running.cancelled = True
         running.context.request_cancel()
         if running.async_task is not None:

@@ -60,7 +60,7 @@ class TaskStorage(abc.ABC):
         """
 
     def watch_transaction(self, connection: Any) -> Callable[[], bool]:
-        """Return a function that tells whether the transaction of ``connection`` has ended.
+        """Return a function that returns whether the transaction of ``connection`` has ended.
 
         Called after :meth:`enqueue` wrote into that application transaction.
         The function returns True once the transaction committed or rolled
@@ -121,7 +121,7 @@ class TaskStorage(abc.ABC):
     def extend_leases(self, worker_id: str, task_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend the leases ``worker_id`` holds; return the ids it still holds.
 
-        An id missing from the answer was cancelled, reclaimed or deleted, so
+        An id missing from the returned set was cancelled, reclaimed or deleted, so
         the worker should stop that task. The version is not changed.
         """
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-#: Longest socket path the kernel accepts (sun_path is 108 bytes on Linux, with a NUL).
+#: Maximum socket path length the kernel accepts (sun_path is 108 bytes on Linux, with a NUL).
 _MAX_SOCKET_PATH = 100
 #: Task ids per datagram, well under the default socket buffer.
 _IDS_PER_DATAGRAM = 1000
@@ -86,7 +86,7 @@ class LocalChannel:
                 return
             except OSError as exc:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-                    # Nobody is bound there any more: the process died without cleanup.
+                    # No socket is bound there any more, because its process died without cleanup.
                     with contextlib.suppress(OSError):
                         path.unlink()
                 elif exc.errno != errno.ENOENT:

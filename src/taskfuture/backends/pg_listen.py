@@ -199,7 +199,7 @@ class Listener:
                 resync, self._late = resync or self._late, False
             if resync:
                 # Commits made while the connection was down sent notifications
-                # nobody received: every handler must re-check what it waits for.
+                # no listener received, so every handler must re-check what it waits for.
                 resync = False
                 self._dispatch_all(None)
             readable, _, _ = select.select([socket_fd, self._wake_read], [], [], KEEPALIVE_S)

@@ -598,7 +598,7 @@ class _Connections:
     def _take(self) -> Any:
         # An idle connection is not polled first (a poll costs about as much
         # CPU as the command): if the server closed it, the command fails with
-        # ConnectionError before the server sees it, and run() retries it.
+        # ConnectionError before the server receives it, and run() retries it.
         # A connection goes back idle only after its reply was read in full.
         try:
             return self._idle.pop()
