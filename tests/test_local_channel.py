@@ -72,3 +72,31 @@ def test_stale_socket_is_removed(tmp_path: Path) -> None:
     LocalChannel(tmp_path / "c.db").announce(WAITERS, ["x"])
 
     assert not stale.exists()
+
+
+def test_full_queue_is_followed_by_a_reread_request(tmp_path: Path) -> None:
+    sender = LocalChannel(tmp_path / "c.db")
+    receiver = LocalChannel(tmp_path / "c.db")
+    received: list[list[str]] = []
+    released = threading.Event()
+    reread = threading.Event()
+
+    def on_ids(ids: list[str]) -> None:
+        # Hold the first datagram so that the queue behind it fills up.
+        released.wait(10)
+        received.append(ids)
+        if not ids:
+            reread.set()
+
+    stop = receiver.listen(on_ids)
+    for index in range(100):
+        sender.announce(WAITERS, [f"task-{index}"])
+    released.set()
+
+    assert reread.wait(5), "no re-read request followed the dropped datagrams"
+    delivered = [ids[0] for ids in received if ids]
+    assert len(delivered) < 100
+    assert received[-1] == []
+    stop()
+    sender.close()
+    receiver.close()

@@ -4,8 +4,12 @@ SQLite has no LISTEN/NOTIFY, but every process that uses one SQLite file runs
 on the same host. Each waiting process binds a datagram socket in a folder
 derived from the database path; a worker that finishes a task sends the task
 id to every socket there, and a submit wakes idle workers the same way.
-Delivery is best effort: a full socket buffer or a stale socket only costs
-the batched poll that stays in place as the fallback.
+A receiver's queue holds only a few datagrams (``net.unix.max_dgram_qlen``,
+10 by default on Linux), so a burst of outcomes can find it full. The sender
+then owes that receiver an empty datagram, which a waiter takes as "re-read
+every open future", and a retry thread sends it as soon as the queue has
+room: a full queue costs a re-read, not a wait for the safety recheck. A
+stale socket, whose process died, is removed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +33,8 @@ logger = logging.getLogger(__name__)
 _MAX_SOCKET_PATH = 100
 #: Task ids per datagram, well under the default socket buffer.
 _IDS_PER_DATAGRAM = 1000
+#: Pause between tries to deliver owed re-read requests to full queues.
+_RETRY_INTERVAL_S = 0.005
 WAITERS = "waiters"
 WORKERS = "workers"
 
@@ -58,6 +65,10 @@ class LocalChannel:
         self._listeners: list[_Listener] = []
         self._worker_socket: socket.socket | None = None
         self._worker_path: Path | None = None
+        #: Sockets whose full queue dropped a datagram; each is owed a re-read request.
+        self._owed: set[Path] = set()
+        self._retrier: threading.Thread | None = None
+        self._closed = False
 
     # -- sending -----------------------------------------------------------------
 
@@ -79,19 +90,56 @@ class LocalChannel:
 
     def _send_all(self, path: Path, payloads: list[bytes]) -> None:
         for payload in payloads:
-            try:
-                with self._lock:
-                    self._sender.sendto(payload, str(path))
-            except (BlockingIOError, InterruptedError):
+            sent = self._send(path, payload)
+            if sent is None:
                 return
-            except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-                    # No socket is bound there any more, because its process died without cleanup.
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                elif exc.errno != errno.ENOENT:
-                    logger.debug("Wake-up to %s failed: %s", path, exc)
+            if not sent:
+                self._owe(path)
                 return
+
+    def _send(self, path: Path, payload: bytes) -> bool | None:
+        """Send one datagram: True when sent, False when the queue is full, None when gone."""
+        try:
+            with self._lock:
+                if self._closed:
+                    return None
+                self._sender.sendto(payload, str(path))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+                # No socket is bound there any more, because its process died without cleanup.
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            elif exc.errno != errno.ENOENT:
+                logger.debug("Wake-up to %s failed: %s", path, exc)
+            return None
+        return True
+
+    def _owe(self, path: Path) -> None:
+        """Remember that ``path`` missed a datagram, and start the retry thread if needed."""
+        with self._lock:
+            self._owed.add(path)
+            if self._retrier is not None or self._closed:
+                return
+            self._retrier = threading.Thread(
+                target=self._deliver_owed, name="taskfuture-wake-retry", daemon=True
+            )
+        self._retrier.start()
+
+    def _deliver_owed(self) -> None:
+        """Send an empty datagram to each owed socket once its queue has room."""
+        while True:
+            with self._lock:
+                owed = list(self._owed)
+                if not owed or self._closed:
+                    self._retrier = None
+                    return
+            for path in owed:
+                if self._send(path, b"") is not False:
+                    with self._lock:
+                        self._owed.discard(path)
+            time.sleep(_RETRY_INTERVAL_S)
 
     # -- receiving -----------------------------------------------------------------
 
@@ -143,7 +191,10 @@ class LocalChannel:
                 with contextlib.suppress(OSError):
                     self._worker_path.unlink()
             self._worker_socket = None
-        self._sender.close()
+        with self._lock:
+            self._closed = True
+            self._owed.clear()
+            self._sender.close()
 
 
 class _Listener:
