@@ -4,6 +4,7 @@ EXPECTED = [
     "Call",
     "ConcurrentModificationError",
     "ConfigurationError",
+    "DamagedRecordError",
     "Progress",
     "Settings",
     "StorageError",

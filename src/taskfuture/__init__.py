@@ -13,6 +13,7 @@ from taskfuture.context import TaskContext, current_context
 from taskfuture.errors import (
     ConcurrentModificationError,
     ConfigurationError,
+    DamagedRecordError,
     StorageError,
     TaskCancelledError,
     TaskExpiredError,
@@ -34,6 +35,7 @@ __all__ = [
     "Call",
     "ConcurrentModificationError",
     "ConfigurationError",
+    "DamagedRecordError",
     "Progress",
     "Settings",
     "StorageError",

@@ -180,8 +180,13 @@ def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int | Non
     return text
 
 
-def decode_call(text: str) -> tuple[list[Any], dict[str, Any]]:
-    """Decode a payload made by :func:`encode_call`; raise ValueError when malformed."""
+def decode_call(text: str, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Decode a payload made by :func:`encode_call`; raise ValueError when malformed.
+
+    ``limit`` bounds the stored text as :func:`encode_call` bounds new payloads,
+    so a payload written into storage by other means cannot be bigger.
+    """
+    check_size(text, "arguments", limit)
     try:
         data = _decode_json(text)
     except (TypeError, json.JSONDecodeError) as exc:

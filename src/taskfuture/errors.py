@@ -128,6 +128,14 @@ class TaskFailedError(TaskFutureError):
         return error
 
 
+class DamagedRecordError(TaskFailedError):
+    """The stored record holds values taskfuture never writes, so the task never ran.
+
+    Something other than taskfuture changed the record: a hand edit, a script
+    or a bad migration. The message names each bad field and what it held.
+    """
+
+
 class WorkerLostError(TaskFailedError):
     """The worker running the task stopped sending heartbeats and no attempts are left."""
 

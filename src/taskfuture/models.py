@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -99,9 +101,150 @@ class TaskRecord:
     result: str | None = None
     error: str | None = None
     progress: str | None = None
+    #: Why the stored record cannot be trusted, or None when every field is sound.
+    #: Set only by :func:`checked_record`, for records written by something else.
+    damage: str | None = None
 
     def copy(self) -> TaskRecord:
         return dataclasses.replace(self)
+
+    @property
+    def sound(self) -> bool:
+        """Whether every field holds a value of its type and a RUNNING task has a lease.
+
+        Backends check it on every read and pass a record that fails it to
+        :func:`checked_record`.
+        """
+        return (
+            type(self.version) is int
+            and type(self.attempts) is int
+            and type(self.max_attempts) is int
+            and type(self.created_at) is float
+            and type(self.available_at) is float
+            and type(self.name) is str
+            and type(self.queue) is str
+            and type(self.payload) is str
+            and all(type(value) in _OPTIONAL_FLOAT for value in self._times())
+            and all(type(value) in _OPTIONAL_TEXT for value in self._texts())
+            and (self.lease_until is not None or self.status is not TaskStatus.RUNNING)
+        )
+
+    def _times(self) -> tuple[Any, ...]:
+        return (self.started_at, self.finished_at, self.expires_at, self.lease_until)
+
+    def _texts(self) -> tuple[Any, ...]:
+        return (self.worker_id, self.result, self.error, self.progress)
+
+
+_STATUSES = {member.value: member for member in TaskStatus}
+_OPTIONAL_FLOAT = (float, type(None))
+_OPTIONAL_TEXT = (str, type(None))
+
+#: The stored fields of a record, in the order of TaskRecord's fields.
+RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(TaskRecord))[:-1]
+
+#: Longest stored value quoted in a damage report.
+_SHOWN_CHARS = 60
+
+
+def short_repr(value: object) -> str:
+    """Return ``repr(value)``, cut to a length that fits in a log line or an error."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _as_int(value: object) -> int:
+    if type(value) is int:
+        return value
+    # SQLite's arithmetic turns a text counter that looks like a float into a REAL.
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError("an integer")
+
+
+def _as_float(value: object) -> float:
+    if type(value) in (int, float) or isinstance(value, str):
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number
+    raise ValueError("a finite number")
+
+
+def _as_text(value: object) -> str:
+    if type(value) is str:
+        return value
+    raise ValueError("text")
+
+
+_REQUIRED: dict[str, tuple[Any, Any]] = {
+    "name": (_as_text, ""),
+    "queue": (_as_text, ""),
+    "payload": (_as_text, ""),
+    "version": (_as_int, -1),
+    "attempts": (_as_int, 0),
+    "max_attempts": (_as_int, 1),
+    "created_at": (_as_float, 0.0),
+    "available_at": (_as_float, 0.0),
+}
+_OPTIONAL: dict[str, Any] = {
+    "started_at": _as_float,
+    "finished_at": _as_float,
+    "expires_at": _as_float,
+    "lease_until": _as_float,
+    "worker_id": _as_text,
+    "result": _as_text,
+    "error": _as_text,
+    "progress": _as_text,
+}
+
+
+def checked_record(task_id: str, fields: Mapping[str, Any]) -> TaskRecord:
+    """Build a record from stored values, describing bad values instead of raising.
+
+    Backends call it when a stored record fails their fast decoding. Such a
+    record was written by something other than taskfuture, such as a hand edit
+    or a bad migration; it must fail its own task with a clear error and never
+    stop a worker or a waiter.
+    A field that is missing or holds a value of the wrong type is replaced by a
+    harmless one (an unknown status reads as PENDING, so the task gets failed),
+    and ``damage`` says which fields were bad and what they held, starting
+    with the status when it is one of them.
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    raw_status = fields.get("status")
+    status = _STATUSES.get(raw_status) if isinstance(raw_status, str) else None
+    if status is None:
+        known = ", ".join(member.value for member in TaskStatus)
+        problems.append(f"status holds {short_repr(raw_status)}, not one of {known}")
+        status = TaskStatus.PENDING
+    for name, (convert, fallback) in _REQUIRED.items():
+        raw = fields.get(name)
+        try:
+            values[name] = convert(raw)
+        except ValueError as exc:
+            problems.append(f"{name} holds {short_repr(raw)}, not {exc}")
+            values[name] = fallback
+    for name, convert in _OPTIONAL.items():
+        raw = fields.get(name)
+        if raw is None:
+            values[name] = None
+            continue
+        try:
+            values[name] = convert(raw)
+        except ValueError as exc:
+            problems.append(f"{name} holds {short_repr(raw)}, not {exc}")
+            values[name] = None
+    if status is TaskStatus.RUNNING and values["lease_until"] is None:
+        problems.append("status is RUNNING but lease_until is empty")
+    damage = "; ".join(problems) if problems else None
+    return TaskRecord(task_id=task_id, status=status, damage=damage, **values)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

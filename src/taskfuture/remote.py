@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 #: Library errors a worker may store; rebuilt as themselves.
 _LIBRARY_FAILURES: dict[str, type[errors.TaskFailedError]] = {
+    "taskfuture.errors.DamagedRecordError": errors.DamagedRecordError,
     "taskfuture.errors.WorkerLostError": errors.WorkerLostError,
     "taskfuture.errors.TaskTimeLimitError": errors.TaskTimeLimitError,
     "taskfuture.errors.TaskFailedError": errors.TaskFailedError,

@@ -472,6 +472,33 @@ class TaskService:
             release=release,
         )
 
+    def damage_error(self, record: TaskRecord) -> str:
+        """Return the stored error of a task failed because its record is damaged."""
+        message = (
+            f"the stored record of task {record.task_id} holds values taskfuture never writes "
+            f"({record.damage}), so the task was failed without running; find what else "
+            f"writes to the table {self.settings.table!r}, then submit the task again"
+        )
+        return codec.make_error("taskfuture.errors", "DamagedRecordError", message)
+
+    def fail_damaged(self, record: TaskRecord) -> bool:
+        """Fail a task whose record is damaged; return whether the failure was stored.
+
+        The waiter calls it for damaged tasks that no worker holds, so that the
+        caller gets a clear error instead of waiting for a task no worker can
+        claim. A lost compare-and-set leaves the task to the process that won.
+        """
+        change = self.finish_change(TaskStatus.FAILED, error=self.damage_error(record))
+        try:
+            self.storage.transition(record.task_id, record.version, change)
+        except (ConcurrentModificationError, TaskNotFoundError, errors.StorageError) as exc:
+            logger.warning(
+                "Task %s has a damaged record and was not failed: %s", record.task_id, exc
+            )
+            return False
+        logger.error("Task %s failed: its record is damaged: %s", record.task_id, record.damage)
+        return True
+
     def recover_lost_task(self, record: TaskRecord) -> bool:
         """Requeue a RUNNING task whose lease ran out, or fail it when its attempts are spent.
 
@@ -480,7 +507,10 @@ class TaskService:
         another process changed the task first.
         """
         now = time.time()
-        if record.attempts < record.max_attempts:
+        if record.damage is not None:
+            change = self.finish_change(TaskStatus.FAILED, error=self.damage_error(record))
+            outcome = "failed as damaged"
+        elif record.attempts < record.max_attempts:
             change = Transition(TaskStatus.PENDING, available_at=now, release=True)
             outcome = "requeued"
         else:
@@ -540,6 +570,16 @@ class TaskService:
     # -- resolution, called by futures and the waiter -------------------------------
 
     def _apply(self, future: TaskFuture[Any], record: TaskRecord) -> None:
+        if record.damage is not None and not record.status.terminal and not _held(record):
+            # With both its status and its version damaged, no worker claims the
+            # task and no compare-and-set can fail it: only then is the future
+            # failed without a stored outcome.
+            if self.fail_damaged(record) or (
+                record.version < 0 and record.damage.startswith("status ")
+            ):
+                error = rebuild_exception(record.task_id, self.damage_error(record), {})
+                future._set_outcome(TaskStatus.FAILED, error=error)
+            return
         if _lease_lost(record) and self.recover_lost_task(record):
             refreshed = self.storage.get(record.task_id)
             if refreshed is None:
@@ -639,6 +679,11 @@ def _check_call(task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, 
 
 #: Seconds past a lease's end before a caller treats the worker as lost; covers clock skew.
 LEASE_GRACE_S = 2.0
+
+
+def _held(record: TaskRecord) -> bool:
+    """Whether a worker holds the task and will store its outcome or lose its lease."""
+    return record.status is TaskStatus.RUNNING and record.lease_until is not None
 
 
 def _lease_lost(record: TaskRecord) -> bool:

@@ -34,7 +34,7 @@ from taskfuture.errors import (
     StorageError,
     TaskNotFoundError,
 )
-from taskfuture.models import Progress, TaskRecord, TaskStatus, Transition
+from taskfuture.models import Progress, TaskRecord, TaskStatus, Transition, short_repr
 from taskfuture.processes import ProcessPool
 from taskfuture.service import Task, TaskService
 
@@ -258,18 +258,28 @@ class Worker:
         logger.debug(
             "Task %s (%s) claimed, attempt %d", record.task_id, record.name, record.attempts
         )
+        if record.damage is not None:
+            error = self.service.damage_error(record)
+            logger.error(
+                "Task %s failed before running: its record is damaged: %s",
+                record.task_id,
+                record.damage,
+            )
+            self._store_outcome(record, self.service.finish_change(TaskStatus.FAILED, error=error))
+            return
         task = self.service.tasks.get(record.name)
         if task is None or task.fn is None:
             self._fail_now(
                 record,
                 "UnknownTaskError",
-                f"task {record.name!r} is not registered in worker {self.worker_id}; "
-                f"register it with @tasks.task({record.name!r}) in the module given to --app",
+                f"task {short_repr(record.name)} is not registered in worker {self.worker_id}; "
+                f"register it with @tasks.task({short_repr(record.name)}) in the module given "
+                "to --app",
                 module="taskfuture.errors",
             )
             return
         try:
-            args, kwargs = codec.decode_call(record.payload)
+            args, kwargs = codec.decode_call(record.payload, self.settings.max_payload_bytes)
             if task.signature is not None:
                 task.signature.bind(*args, **kwargs)
         except (ValueError, TypeError) as exc:

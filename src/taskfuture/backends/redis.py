@@ -60,7 +60,13 @@ from taskfuture.errors import (
     TaskFutureError,
     TaskNotFoundError,
 )
-from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition
+from taskfuture.models import (
+    TRANSITION_FIELDS,
+    TaskRecord,
+    TaskStatus,
+    Transition,
+    checked_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +202,23 @@ def _optional_float(value: str | None) -> float | None:
     return None if value is None else float(value)
 
 
-def record_from_hash(data: Mapping[str, str]) -> TaskRecord:
-    """Build a record from the fields of its hash."""
+def record_from_hash(data: Mapping[str, str], task_id: str | None = None) -> TaskRecord:
+    """Build a record from the fields of its hash.
+
+    A hash that taskfuture did not write (a missing field, a value of the wrong
+    type, an unknown status) gives a record whose ``damage`` names each bad field.
+    """
+    try:
+        record = _decode_hash(data)
+    except (KeyError, ValueError, TypeError):
+        pass
+    else:
+        if record.sound:
+            return record
+    return checked_record(task_id or data.get("id", ""), data)
+
+
+def _decode_hash(data: Mapping[str, str]) -> TaskRecord:
     return TaskRecord(
         task_id=data["id"],
         name=data["name"],
@@ -225,11 +246,11 @@ def _record_from_flat(flat: Sequence[str]) -> TaskRecord:
     return record_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
-def _record_from_reply(reply: Mapping[str, str] | Sequence[str]) -> TaskRecord:
+def _record_from_reply(reply: Mapping[str, str] | Sequence[str], task_id: str) -> TaskRecord:
     """Build a record from a raw HGETALL reply: a map on RESP3, a flat list on RESP2."""
     if isinstance(reply, Mapping):
-        return record_from_hash(reply)
-    return _record_from_flat(reply)
+        return record_from_hash(reply, task_id)
+    return record_from_hash(dict(zip(reply[::2], reply[1::2], strict=True)), task_id)
 
 
 def _connection_pool(settings: Settings) -> redis.ConnectionPool:
@@ -503,7 +524,7 @@ class RedisStorage(TaskStorage):
             reply = self._connections.execute("HGETALL", self._task_key(task_id))
         except redis.RedisError as exc:
             raise self._storage_error(exc) from exc
-        return _record_from_reply(reply) if reply else None
+        return _record_from_reply(reply, task_id) if reply else None
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         if len(task_ids) == 1:
@@ -512,12 +533,14 @@ class RedisStorage(TaskStorage):
         records: list[TaskRecord] = []
         try:
             for start in range(0, len(task_ids), READ_BATCH):
-                commands = [
-                    ("HGETALL", self._task_key(task_id))
-                    for task_id in task_ids[start : start + READ_BATCH]
-                ]
+                batch = task_ids[start : start + READ_BATCH]
+                commands = [("HGETALL", self._task_key(task_id)) for task_id in batch]
                 replies = self._connections.execute_many(commands)
-                records.extend(_record_from_reply(reply) for reply in replies if reply)
+                records.extend(
+                    _record_from_reply(reply, task_id)
+                    for task_id, reply in zip(batch, replies, strict=True)
+                    if reply
+                )
         except redis.RedisError as exc:
             raise self._storage_error(exc) from exc
         return records

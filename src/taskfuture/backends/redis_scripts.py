@@ -39,6 +39,16 @@ local function ensure_queue(queue)
   return stream
 end
 
+-- The value of a counter field, or 0 for a value taskfuture never writes there
+-- (a hand edit), so that the claiming worker can still fail the task by
+-- compare-and-set. Fifteen digits keep it exact in Lua's numbers.
+local function counter(value)
+  if value and #value <= 15 and string.match(value, '^%d+$') then
+    return tonumber(value)
+  end
+  return 0
+end
+
 -- Append a stream entry for task `id` and return the entry id.
 local function push(id, queue)
   return redis.call('XADD', ensure_queue(queue), '*', 'id', id)
@@ -189,7 +199,7 @@ local function apply(key, id, expected, status, ttl, sets, deletes)
   end
 
   if status == 'PENDING' then
-    if tonumber(available) > now then
+    if (tonumber(available) or 0) > now then
       redis.call('ZADD', KEYS[2], available, id)
     else
       sets[#sets + 1] = 'entry'
@@ -293,14 +303,18 @@ for position = 6, #ARGV do
     for _, message in ipairs(messages) do
       local entry, fields = message[1], message[2]
       cursor = entry
-      local id = fields[2]
-      local key = task_key(id)
-      local state = redis.call('HMGET', key, 'status', 'entry', 'version', 'attempts')
+      -- An entry taskfuture did not write (no id field) is dropped like a stale one.
+      local id = fields[1] == 'id' and fields[2] or nil
+      local state = {}
+      if id then
+        state = redis.call('HMGET', task_key(id), 'status', 'entry', 'version', 'attempts')
+      end
       if state[1] == 'PENDING' and state[2] == entry then
+        local key = task_key(id)
         redis.call('HSET', key, 'status', 'RUNNING', 'started_at', now,
-          'lease_until', lease_until, 'worker_id', consumer,
-          'version', tostring(tonumber(state[3]) + 1),
-          'attempts', tostring(tonumber(state[4]) + 1))
+          'lease_until', lease_until, 'worker_id', consumer, 'id', id,
+          'version', tostring(counter(state[3]) + 1),
+          'attempts', tostring(counter(state[4]) + 1))
         redis.call('ZADD', KEYS[2], lease_until, id)
         claimed[#claimed + 1] = redis.call('HGETALL', key)
         remaining = remaining - 1
@@ -386,7 +400,7 @@ for _, id in ipairs(ids) do
   local state = redis.call('HMGET', key, 'status', 'lease_until')
   if state[1] ~= 'RUNNING' or not state[2] then
     redis.call('ZREM', KEYS[1], id)
-  elseif tonumber(state[2]) < now then
+  elseif (tonumber(state[2]) or 0) < now then
     expired[#expired + 1] = redis.call('HGETALL', key)
   else
     redis.call('ZADD', KEYS[1], state[2], id)
@@ -419,7 +433,7 @@ while deleted < limit and examined < 10 * limit do
     examined = examined + 1
     local key = task_key(id)
     local expires = redis.call('HGET', key, 'expires_at')
-    if expires and tonumber(expires) > now then
+    if expires and (tonumber(expires) or 0) > now then
       redis.call('ZADD', KEYS[1], expires, id)
     else
       redis.call('ZREM', KEYS[1], id)

@@ -46,7 +46,14 @@ from taskfuture.errors import (
     TaskFutureError,
     TaskNotFoundError,
 )
-from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition
+from taskfuture.models import (
+    RECORD_FIELDS,
+    TRANSITION_FIELDS,
+    TaskRecord,
+    TaskStatus,
+    Transition,
+    checked_record,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -134,7 +141,14 @@ def _engine_url(dsn: str) -> sa.URL:
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
-    return TaskRecord(row[0], row[1], row[2], TaskStatus(row[3]), *row[4:])
+    try:
+        record = TaskRecord(row[0], row[1], row[2], TaskStatus(row[3]), *row[4:])
+    except ValueError:
+        return checked_record(str(row[0]), dict(zip(RECORD_FIELDS, row, strict=True)))
+    if record.sound:
+        return record
+    # Only SQLite lets a column hold a value of another type.
+    return checked_record(str(row[0]), dict(zip(RECORD_FIELDS, row, strict=True)))
 
 
 class SQLStorage(TaskStorage):
@@ -432,6 +446,11 @@ class SQLStorage(TaskStorage):
         except psycopg.Error as exc:
             invalidated = self.engine.dialect.is_disconnect(exc, conn.connection, None)  # type: ignore[arg-type]
             if invalidated:
+                # Mark every pooled connection opened before now as stale, as
+                # SQLAlchemy's own execute does on a disconnect. Otherwise the
+                # retry in _run may take another connection that the same
+                # server restart or pg_terminate_backend dropped.
+                conn.engine.pool._invalidate(conn.connection, exc)
                 conn.invalidate(exc)
             raise sa.exc.DBAPIError.instance(
                 statement, None, exc, psycopg.Error, connection_invalidated=invalidated
@@ -973,9 +992,16 @@ class _Statements:
 
     def _claim_values(self) -> dict[str, Any]:
         table = self.table
+        version: sa.ColumnElement[Any] = table.c.version + 1
+        if self._dialect == "sqlite":
+            # A SQLite column takes any value, and a hand-edited version that is not
+            # an integer would defeat the compare-and-set that fails the task.
+            version = sa.case(
+                (sa.func.typeof(table.c.version) == "integer", table.c.version + 1), else_=1
+            )
         return {
             "status": _RUNNING,
-            "version": table.c.version + 1,
+            "version": version,
             "attempts": table.c.attempts + 1,
             "started_at": sa.bindparam("p_now"),
             "lease_until": sa.bindparam("p_lease_until"),
