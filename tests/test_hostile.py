@@ -20,6 +20,7 @@ from taskfuture import (
     TaskService,
     TaskStatus,
 )
+from taskfuture import future as future_module
 from taskfuture.codec import PayloadTooLargeError
 from taskfuture.models import TaskRecord, new_task_id
 
@@ -245,3 +246,36 @@ def test_cleanup_while_caller_waits(make_service: ServiceFactory) -> None:
     finally:
         stop.set()
         cleaner.join()
+
+
+def test_failed_tombstone_lookup_keeps_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The memory engine pushes changes, so only the periodic full read retries.
+    monkeypatch.setattr(future_module, "SAFETY_RECHECK_S", 0.05)
+    service = TaskService(f"memory://{new_task_id()}", poll_interval_s=0.01)
+    storage = service.storage
+    record = pending_record("add", '{"args": [1, 1], "kwargs": {}}')
+    storage.enqueue([record])
+    future = service.future(record.task_id)
+    lookups: list[int] = []
+    real_lookup = storage.expired_ids
+
+    def failing_once(task_ids: list[str]) -> set[str]:
+        lookups.append(len(task_ids))
+        if len(lookups) == 1:
+            raise StorageError("the engine went away")
+        return real_lookup(task_ids)
+
+    monkeypatch.setattr(storage, "expired_ids", failing_once)
+    with storage._store.lock:  # type: ignore[attr-defined]
+        del storage._store.records[record.task_id]  # type: ignore[attr-defined]
+
+    try:
+        with pytest.raises(TaskNotFoundError):
+            future.result(timeout=10)
+        waiter_thread = service._waiter._thread
+        assert waiter_thread is not None
+        assert waiter_thread.is_alive()
+    finally:
+        service.close()
+
+    assert len(lookups) >= 2

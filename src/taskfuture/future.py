@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskfuture import codec
 from taskfuture.errors import (
+    StorageError,
     TaskCancelledError,
     TaskExpiredError,
     TaskNotCompletedError,
@@ -132,6 +133,8 @@ class TaskFuture(concurrent.futures.Future[R]):
 
         Raises:
             TaskTimeoutError: the task did not finish in time; it goes on running.
+                Also raised when the engine cannot be read at the deadline, with
+                the StorageError as its cause.
             TaskCancelledError: the task was cancelled.
             TaskFailedError: the task raised; builtin and registered exception
                 types are raised as themselves, also catchable as TaskFailedError.
@@ -180,7 +183,13 @@ class TaskFuture(concurrent.futures.Future[R]):
         if not super().done():
             # One direct read at the deadline, so a task that finished in the
             # last poll interval is returned rather than reported as timed out.
-            self.status()
+            # When the engine cannot be reached, the wait still ends as a timeout.
+            # NOTE: against a host that never replies, this read takes about
+            # connect_timeout_s, so the timeout is raised that much late.
+            try:
+                self.status()
+            except StorageError as exc:
+                raise TaskTimeoutError(self.task_id, timeout) from exc
         if not super().done():
             raise TaskTimeoutError(self.task_id, timeout)
 
@@ -535,7 +544,15 @@ class Waiter:
             # Not committed yet: keep waiting for the record to appear.
             batch = [task_id for task_id in batch if task_id in found or task_id not in uncommitted]
         missing = [task_id for task_id in batch if task_id not in found]
-        expired = self._storage.expired_ids(missing) if missing else set()
+        expired: set[str] = set()
+        if missing:
+            try:
+                expired = self._storage.expired_ids(missing)
+            except Exception:
+                # Without the tombstones a missing task cannot be distinguished from an
+                # expired one: leave those futures open for the next pass.
+                logger.exception("Waiter failed to look up %d missing task(s)", len(missing))
+                batch = [task_id for task_id in batch if task_id in found]
         for task_id in batch:
             if self._uncommitted and task_id in found:
                 with self._lock:
