@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,9 +22,8 @@ from typing import Any
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from servers import PrivateRedis, free_port
 from taskfuture import TaskService, TaskStatus
 from taskfuture.backends.redis import DEFAULT_SOCKET_TIMEOUT_S, MIN_TTL_S, RedisStorage
 from taskfuture.config import Settings
@@ -38,82 +36,15 @@ from taskfuture.errors import (
 from taskfuture.models import Transition
 
 from apptasks import register
-from conftest import ENGINE_DSNS, IN_CI, TESTS, WaitFor, require_engine, unique_table
+from conftest import ENGINE_DSNS, TESTS, WaitFor, require_engine, unique_table
 
 SHARED_DSN = ENGINE_DSNS["redis"] or "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, which it may kill, restart and disconnect."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "redis-server is not installed"
-            if IN_CI:
-                pytest.fail(f"{message}; under CI=true every engine must run")
-            pytest.skip(message)
-        self.binary = binary
-        self.folder = folder
-        self.port = free_port()
-        self.dsn = f"redis://127.0.0.1:{self.port}/0"
-        # No retries: redis-py would otherwise resend SHUTDOWN to a stopped server for seconds.
-        self.admin = redis.Redis(port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        # Snapshots go to the test's folder and are written only by SHUTDOWN SAVE.
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        command += ["--dir", str(self.folder)]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.admin.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def restart(self, down_s: float) -> None:
-        """Save, stop, stay down ``down_s`` seconds, then start again with the same data."""
-        with contextlib.suppress(redis.ConnectionError):
-            self.admin.execute_command("SHUTDOWN", "SAVE")
-        assert self.process is not None
-        self.process.wait(timeout=10)
-        time.sleep(down_s)
-        self.start()
-
-    def kill_clients(self) -> int:
-        """Close every client connection but the admin one; return how many."""
-        killed = 0
-        for kind in ("normal", "pubsub"):
-            killed += int(self.admin.client_kill_filter(_type=kind, skipme=True))
-        return killed
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.admin.close()
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
+    server.start()
     yield server
     server.stop()
 
@@ -618,7 +549,7 @@ def test_feed_resubscribes_after_client_kill(
     try:
         wait_for(lambda: calls == [[]], 5)
 
-        assert private_redis.kill_clients() >= 1
+        assert private_redis.terminate_connections() >= 1
         wait_for(lambda: len(calls) == 2, 5)
         private_redis.admin.publish(storage._channel, "some-task")
         wait_for(lambda: len(calls) == 3, 5)
@@ -643,7 +574,7 @@ def test_waits_survive_client_kill(private_redis: PrivateRedis, tmp_path: Path) 
             assert time.monotonic() < deadline, "the worker did not start the tasks"
             time.sleep(0.02)
 
-        killed = private_redis.kill_clients()
+        killed = private_redis.terminate_connections()
 
         assert killed >= 3, "expected the caller's, the feed's and the worker's connections"
         assert [future.result(timeout=15) for future in futures] == [1.0] * 4
