@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +32,10 @@ from test_hostile import pending_record
 from apptasks import register
 from conftest import ServiceFactory, WaitFor
 
+#: Engines whose records something else can write: all but the in-memory one.
+STORED = ["sqlite", "postgresql", "mariadb", "redis"]
 #: SQLite and Redis store any value in any field; the server engines only text in text columns.
-LOOSE_TYPES = ("sqlite", "redis")
+LOOSE_TYPES = ["sqlite", "redis"]
 
 
 def damage(service: TaskService, task_id: str, **fields: Any) -> None:
@@ -65,14 +69,16 @@ def damage(service: TaskService, task_id: str, **fields: Any) -> None:
         storage._channel.announce(WAITERS, [task_id])
 
 
-def stored_engine(make_service: ServiceFactory) -> None:
-    if make_service.engine == "memory":
-        pytest.skip("the memory engine keeps Python objects, which nothing else can write")
+@pytest.fixture(params=STORED)
+def make_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceFactory]:
+    """The shared factory on the engines that store text, not Python objects."""
+    factory = ServiceFactory(request.param, tmp_path)
+    yield factory
+    factory.close()
 
 
-def loose_engine(make_service: ServiceFactory) -> None:
-    if make_service.engine not in LOOSE_TYPES:
-        pytest.skip(f"{make_service.engine} columns reject values of the wrong type")
+#: Run a test only on the engines that let a field hold a value of any type.
+on_loose_engines = pytest.mark.parametrize("make_service", LOOSE_TYPES, indirect=True)
 
 
 # -- the check itself ------------------------------------------------------------------------
@@ -148,10 +154,9 @@ DAMAGE = {
 
 @pytest.mark.parametrize("case", list(DAMAGE), ids=list(DAMAGE))
 def test_damaged_record_fails_its_task_only(make_service: ServiceFactory, case: str) -> None:
-    stored_engine(make_service)
     fields, named, needs_loose_types = DAMAGE[case]
-    if needs_loose_types:
-        loose_engine(make_service)
+    if needs_loose_types and make_service.engine not in LOOSE_TYPES:
+        pytest.skip(f"{make_service.engine} columns reject values of the wrong type")
     if make_service.engine == "redis" and case == "blob payload":
         fields = {"payload": None}
         named = "payload holds None"
@@ -173,11 +178,10 @@ def test_damaged_record_fails_its_task_only(make_service: ServiceFactory, case: 
     assert stored.status is TaskStatus.FAILED
 
 
+@on_loose_engines
 def test_damaged_claimed_record_is_failed_by_worker(
     make_service: ServiceFactory, wait_for: WaitFor
 ) -> None:
-    stored_engine(make_service)
-    loose_engine(make_service)
     service = make_service()
     register(service)
     # No future yet, so only the worker can find the damage.
@@ -194,7 +198,6 @@ def test_damaged_claimed_record_is_failed_by_worker(
 
 
 def test_damaged_record_among_many_leaves_the_others(make_service: ServiceFactory) -> None:
-    stored_engine(make_service)
     service = make_service()
     register(service)
     futures = service.submit_many("add", [(index, 0) for index in range(60)])
@@ -209,9 +212,8 @@ def test_damaged_record_among_many_leaves_the_others(make_service: ServiceFactor
     assert [future.result() for future in others] == [i for i in range(60) if i != 30]
 
 
+@on_loose_engines
 def test_damaged_lease_is_failed_by_recovery(make_service: ServiceFactory) -> None:
-    stored_engine(make_service)
-    loose_engine(make_service)
     service = make_service()
     register(service)
     # No future yet: its waiter would find the lost lease before the worker does.
@@ -231,7 +233,6 @@ def test_damaged_lease_is_failed_by_recovery(make_service: ServiceFactory) -> No
 
 
 def test_huge_stored_payload_fails_clearly(make_service: ServiceFactory) -> None:
-    stored_engine(make_service)
     service = make_service(max_payload_bytes=1024)
     register(service)
     future = service.tasks["echo"].submit("small")
@@ -296,7 +297,6 @@ def _fuzz_service(make_service: ServiceFactory) -> TaskService:
 def test_fuzzed_records_end_and_never_stop_the_worker(
     make_service: ServiceFactory, changes: dict[str, str]
 ) -> None:
-    stored_engine(make_service)
     service = _fuzz_service(make_service)
     if changes.get("status") == "RUNNING" and "lease_until" in changes:
         # A sound lease in the future is a live worker's: only its expiry ends the task.
@@ -332,6 +332,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
+@pytest.mark.parametrize("make_service", ["redis"], indirect=True)
 @pytest.mark.parametrize(
     "fields",
     [{"junk": "1"}, {"id": "not-a-task"}, {"id": str(uuid.uuid4())}, {"id": "a", "more": "b"}],
@@ -340,8 +341,6 @@ def _is_number(text: str) -> bool:
 def test_hostile_stream_entries_are_dropped(
     make_service: ServiceFactory, fields: dict[str, str]
 ) -> None:
-    if make_service.engine != "redis":
-        pytest.skip("only Redis keeps the queue apart from the records")
     service = make_service()
     register(service)
     storage = service.storage
@@ -361,9 +360,8 @@ def test_hostile_stream_entries_are_dropped(
 
 
 @pytest.mark.parametrize("version", ["4250197986769320.0", "1e3", "-4", "9" * 40])
+@on_loose_engines
 def test_odd_version_is_claimed_and_ends(make_service: ServiceFactory, version: str) -> None:
-    stored_engine(make_service)
-    loose_engine(make_service)
     service = make_service()
     register(service)
     future = service.tasks["add"].submit(3, 4)
