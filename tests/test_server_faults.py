@@ -171,8 +171,9 @@ class Workload:
     def start_workers(self, count: int, concurrency: int = 4) -> list[subprocess.Popen[bytes]]:
         """Start ``count`` workers and wait until each has set up its storage.
 
-        A worker that cannot reach the server at start exits, so a test must
-        not crash the server before its workers logged their start.
+        A worker that cannot reach the server at start waits for it, so a test
+        that crashes the server waits for its workers' start first, or the
+        fault would meet a worker that has not claimed anything yet.
         """
         first = len(self.workers)
         started = [self._start_worker(concurrency) for _ in range(count)]
@@ -507,6 +508,32 @@ def test_workers_outlive_crashes_and_dropped_connections(
     assert statuses == {"COMPLETED"}
     assert workload.ran_keys() == set(range(task_count))
     assert all(worker.poll() is None for worker in workers), workload.dead_workers()
+
+
+def test_worker_started_while_down_waits_for_the_server(
+    server: PrivateServer, workload: Workload
+) -> None:
+    service = workload.service()
+    server.kill()
+    try:
+        waiting = workload._start_worker(concurrency=2)
+        stopped = workload._start_worker(concurrency=1)
+        logs = [workload.folder / f"worker-{index}.log" for index in (0, 1)]
+        wait_until(
+            lambda: all("cannot set up its storage" in log.read_text() for log in logs),
+            NO_HANG_S,
+            "both workers reported the unreachable server",
+        )
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(timeout=NO_HANG_S) == 0, workload.dead_workers()
+        assert waiting.poll() is None, workload.dead_workers()
+    finally:
+        server.start()
+
+    future = service.submit(workload.task_name, *workload.arguments(1))
+
+    assert future.result(timeout=NO_HANG_S) == workload.value(1)
+    assert server.password not in logs[0].read_text()
 
 
 # -- waits ------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 #: Attempts to store an outcome while the engine fails, and the pause between them.
 FINISH_RETRIES = 5
 FINISH_RETRY_PAUSE_S = 0.5
+#: Longest pause between tries to set up an engine that cannot be reached at start.
+MAX_SETUP_PAUSE_S = 5.0
 
 
 @dataclasses.dataclass
@@ -130,6 +132,9 @@ class Worker:
     def start(self) -> None:
         """Start the worker's threads and return; stop it with :meth:`stop`."""
         self.storage.setup()
+        self._start_threads()
+
+    def _start_threads(self) -> None:
         # One connection per task thread, plus the fetch, heartbeat, sweep and waiter threads.
         self.storage.reserve_connections(self.concurrency + 4)
         logger.info(
@@ -152,14 +157,42 @@ class Worker:
             self._threads.append(thread)
 
     def run(self) -> None:
-        """Run until SIGTERM or SIGINT; a second signal releases running tasks at once."""
+        """Run until SIGTERM or SIGINT; a second signal releases running tasks at once.
+
+        Unlike :meth:`start`, which raises StorageError at once, ``run`` waits
+        for an engine that cannot be reached yet, retrying with a growing
+        pause of up to ``MAX_SETUP_PAUSE_S``, so that workers started before
+        their database or Redis come up once it does.
+        """
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self.start()
+        if not self._wait_for_storage():
+            logger.info("Worker %s stopped before its storage could be reached", self.worker_id)
+            return
+        self._start_threads()
         while not self._stopping.wait(0.5):
             pass
         self.stop()
+
+    def _wait_for_storage(self) -> bool:
+        """Set up the storage, retrying while it fails; return False if stopped first."""
+        pause = self.settings.poll_interval_s
+        while True:
+            try:
+                self.storage.setup()
+            except StorageError as exc:
+                logger.error(
+                    "Worker %s cannot set up its storage: %s; retrying in %.1f s",
+                    self.worker_id,
+                    exc,
+                    pause,
+                )
+            else:
+                return True
+            if self._stopping.wait(pause):
+                return False
+            pause = min(pause * 2, MAX_SETUP_PAUSE_S)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
