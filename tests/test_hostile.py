@@ -19,6 +19,7 @@ from taskfuture import (
     TaskNotFoundError,
     TaskService,
     TaskStatus,
+    Worker,
 )
 from taskfuture import future as future_module
 from taskfuture.codec import PayloadTooLargeError
@@ -279,3 +280,46 @@ def test_failed_tombstone_lookup_keeps_waiting(monkeypatch: pytest.MonkeyPatch) 
         service.close()
 
     assert len(lookups) >= 2
+
+
+def test_lost_claim_taken_again_by_same_worker_runs_once() -> None:
+    service = TaskService(f"memory://{new_task_id()}", poll_interval_s=0.01)
+    started = threading.Event()
+    release = threading.Event()
+    runs: list[int] = []
+
+    @service.task("hold")
+    def hold() -> int:
+        runs.append(1)
+        started.set()
+        release.wait(10)
+        return len(runs)
+
+    worker = Worker(service, concurrency=2)
+    worker.start()
+    try:
+        future = hold.submit()
+        assert started.wait(10)
+        # Undo the claim, as a crash undoes a claim whose commit was not flushed yet.
+        store = service.storage._store  # type: ignore[attr-defined]
+        with store.lock:
+            record = store.records[future.task_id]
+            record.status = TaskStatus.PENDING
+            record.version -= 1
+            record.attempts -= 1
+            record.lease_until = None
+            record.worker_id = None
+            store.lock.notify_all()
+        deadline = time.monotonic() + 10
+        while service.status(future.task_id) is not TaskStatus.RUNNING:
+            assert time.monotonic() < deadline, "the worker did not claim the task again"
+            time.sleep(0.01)
+        release.set()
+
+        assert future.result(timeout=10) == 1
+        assert runs == [1]
+        assert worker.counts["COMPLETED"] == 1
+    finally:
+        release.set()
+        worker.stop(timeout_s=5)
+        service.close()

@@ -458,7 +458,7 @@ class ProcessPool:
                 record.task_id,
                 record.name,
             )
-            self._worker._forget(record.task_id)
+            self._worker._forget(record.task_id, running)
             return
         if not sent:
             # The child died before it read the task, so its replacement runs it.
@@ -557,7 +557,7 @@ class ProcessPool:
                 record.task_id,
                 record.name,
             )
-            self._worker._forget(record.task_id)
+            self._worker._forget(record.task_id, running)
             return
         logger.error(
             "Child process %d in slot %d %s while it ran task %s (%s), attempt %d of %d",

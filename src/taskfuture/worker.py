@@ -291,6 +291,19 @@ class Worker:
         logger.debug(
             "Task %s (%s) claimed, attempt %d", record.task_id, record.name, record.attempts
         )
+        with self._lock:
+            current = self._running.get(record.task_id)
+            if current is not None and not current.cancelled:
+                # The storage lost this worker's earlier claim (a crash undid an
+                # unflushed commit) and handed the task out again: the run goes on
+                # under the new claim, instead of a second run beside it.
+                current.record = record
+                logger.warning(
+                    "Task %s (%s) was claimed again while it runs here; the run goes on",
+                    record.task_id,
+                    record.name,
+                )
+                return
         if record.damage is not None:
             error = self.service.damage_error(record)
             logger.error(
@@ -416,7 +429,7 @@ class Worker:
         record = running.record
         if running.cancelled:
             logger.info("Task %s (%s) stopped after cancellation", record.task_id, record.name)
-            self._forget(record.task_id)
+            self._forget(record.task_id, running)
             return
         if retryable and self._retry(running, error, summary):
             return
@@ -462,11 +475,18 @@ class Worker:
         try:
             self._store_outcome(running.record, change)
         finally:
-            self._forget(running.record.task_id)
+            self._forget(running.record.task_id, running)
 
-    def _forget(self, task_id: str) -> None:
+    def _forget(self, task_id: str, running: _Running | None = None) -> None:
+        """Drop the task from the running ones; given ``running``, only if it is that run.
+
+        A task this worker claims again while an earlier run of it still ends
+        (a cancelled run that ignores its cancel) has a new entry, which the
+        earlier run must leave in place.
+        """
         with self._lock:
-            self._running.pop(task_id, None)
+            if running is None or self._running.get(task_id) is running:
+                self._running.pop(task_id, None)
         self._slot_freed.set()
 
     def _store_outcome(self, record: TaskRecord, change: Transition) -> None:
