@@ -143,3 +143,41 @@ def test_lone_surrogate_round_trips_as_ascii() -> None:
 
     assert text.isascii()
     assert codec.decode_call(text) == (["\ud800 and ünïcode"], {})
+
+
+def _nested(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth - 1):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+def test_value_at_depth_limit_round_trips() -> None:
+    value = _nested(codec.MAX_DEPTH)
+
+    assert codec.decode(codec.encode(value)) == value
+
+
+@pytest.mark.parametrize("depth", [codec.MAX_DEPTH + 1, 5000])
+def test_deeper_value_names_the_limit(depth: int) -> None:
+    with pytest.raises(
+        TypeError, match=f"nested more than {codec.MAX_DEPTH} levels deep"
+    ) as caught:
+        codec.encode_call([_nested(depth)], {})
+
+    assert str(caught.value).startswith("cannot encode args[0][0]")
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000]
+)
+def test_deep_stored_text_raises_value_error(text: str) -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        codec.decode(text)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        codec.decode_call('{"args": [' + text + '], "kwargs": {}}')
+
+    assert codec.decode_error(text).type_name == "UnreadableError"

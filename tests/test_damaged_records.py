@@ -372,3 +372,22 @@ def test_odd_version_is_claimed_and_ends(make_service: ServiceFactory, version: 
 
     assert future.done()
     assert service.tasks["add"].submit(1, 1).result(timeout=15) == 2
+
+
+def test_deep_stored_outcome_fails_the_future(make_service: ServiceFactory) -> None:
+    service = make_service()
+    register(service)
+    make_service.worker(service, concurrency=1)
+    completed = service.tasks["add"].submit(1, 2)
+    failed = service.tasks["fail"].submit("boom")
+    assert completed.result(timeout=15) == 3
+    with pytest.raises(TaskFailedError):
+        failed.result(timeout=15)
+    deep = "[" * 50_000 + "]" * 50_000
+    damage(service, completed.task_id, result=deep)
+    damage(service, failed.task_id, error=deep)
+
+    with pytest.raises(TaskFailedError, match="nested too deeply"):
+        service.future(completed.task_id).result(timeout=15)
+    with pytest.raises(TaskFailedError, match="not valid JSON"):
+        service.future(failed.task_id).result(timeout=15)

@@ -22,11 +22,20 @@ from typing import Any
 from taskfuture.models import ErrorInfo
 
 TAG = "__tf__"
+#: Deepest nesting of lists, tuples, sets and dicts that a value may have. Python's
+#: recursion limit would stop a deeper one anyway, with a RecursionError and no path.
+MAX_DEPTH = 100
 
 # ASCII output escapes every non-ASCII character, lone surrogates included, so
 # any Python string can be stored by every engine and decoded back.
 _encode_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
 _decode_json = json.JSONDecoder().decode
+
+
+_TOO_DEEP = (
+    "the stored value is nested too deeply to decode; taskfuture writes at most "
+    f"{MAX_DEPTH} levels, so something else wrote it"
+)
 
 
 class PayloadTooLargeError(ValueError):
@@ -47,6 +56,7 @@ def _to_json(value: Any, path: str, active: set[int]) -> Any:
         marker = id(value)
         if marker in active:
             raise TypeError(f"cannot encode {path}: it contains itself (a cyclic reference)")
+        _check_depth(path, active)
         active.add(marker)
         items = value if kind is list or kind is tuple else _sorted_items(value)
         encoded = [_to_json(item, f"{path}[{index}]", active) for index, item in enumerate(items)]
@@ -57,6 +67,16 @@ def _to_json(value: Any, path: str, active: set[int]) -> Any:
     if kind is dict:
         return _dict_to_json(value, path, active)
     return _scalar_to_json(value, path)
+
+
+def _check_depth(path: str, active: set[int]) -> None:
+    """Refuse a container that would sit deeper than MAX_DEPTH; ``active`` holds its parents."""
+    if len(active) >= MAX_DEPTH:
+        shown = path if len(path) <= 80 else f"{path[:60]}...{path[-17:]}"
+        raise TypeError(
+            f"cannot encode {shown}: it is nested more than {MAX_DEPTH} levels deep; "
+            "flatten the value or pass a reference to where the data is kept"
+        )
 
 
 def _sorted_items(items: set[Any] | frozenset[Any]) -> list[Any]:
@@ -70,6 +90,7 @@ def _dict_to_json(value: dict[Any, Any], path: str, active: set[int]) -> Any:
     marker = id(value)
     if marker in active:
         raise TypeError(f"cannot encode {path}: it contains itself (a cyclic reference)")
+    _check_depth(path, active)
     active.add(marker)
     try:
         if all(type(key) is str for key in value) and TAG not in value:
@@ -162,7 +183,10 @@ def encode(value: Any, path: str = "value") -> str:
 
 def decode(text: str) -> Any:
     """Decode JSON text made by :func:`encode`; raise ValueError on malformed text."""
-    return _from_json(_decode_json(text))
+    try:
+        return _from_json(_decode_json(text))
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
 
 
 def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], limit: int | None = None) -> str:
@@ -191,6 +215,8 @@ def decode_call(text: str, limit: int | None = None) -> tuple[list[Any], dict[st
         data = _decode_json(text)
     except (TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"stored arguments are not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
     if not isinstance(data, dict):
         raise ValueError("stored arguments must be a JSON object with 'args' and 'kwargs'")
     args = data.get("args", [])
@@ -201,6 +227,8 @@ def decode_call(text: str, limit: int | None = None) -> tuple[list[Any], dict[st
         return _from_json(args), _from_json(kwargs)
     except (TypeError, ValueError, KeyError, IndexError, decimal.InvalidOperation) as exc:
         raise ValueError(f"stored arguments cannot be decoded: {exc}") from None
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
 
 
 def check_size(text: str, what: str, limit: int | None) -> None:
@@ -243,7 +271,7 @@ def decode_error(text: str) -> ErrorInfo:
     """Decode an error made by :func:`encode_exception`, tolerating damaged records."""
     try:
         data = _decode_json(text)
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, json.JSONDecodeError, RecursionError):
         return ErrorInfo(
             "", "UnreadableError", f"the stored error is not valid JSON: {text[:200]!r}"
         )
