@@ -475,15 +475,20 @@ class Waiter:
                     with self._lock:
                         self._fresh_until = time.monotonic() + FRESH_WINDOW_S
                 interval = SAFETY_RECHECK_S if self._unsubscribe else self._poll_interval_s
-                full_pass_due = time.monotonic() + max(interval, queries / MAX_QUERIES_PER_S)
+                budget_due = time.monotonic() + queries / MAX_QUERIES_PER_S
+                full_pass_due = max(budget_due, time.monotonic() + interval)
+                if len(ids) > CROWD_SIZE:
+                    # The pass spent the crowd's query budget: pushed ids wait for it too.
+                    push_read_due = max(push_read_due, budget_due)
             elif changed and now < push_read_due:
                 # A crowd of open futures: keep the ids for the next batched read.
                 with self._lock:
                     self._changed.update(changed)
             elif changed:
-                self._poll(sorted(changed))
+                queries = self._poll(sorted(changed))
                 if len(self._futures) > CROWD_SIZE:
-                    push_read_due = time.monotonic() + 1 / MAX_QUERIES_PER_S
+                    push_read_due = time.monotonic() + queries / MAX_QUERIES_PER_S
+                    full_pass_due = max(full_pass_due, push_read_due)
             wait_s = max(0.0, full_pass_due - time.monotonic())
             if self._changed:
                 wait_s = min(wait_s, max(0.0, push_read_due - time.monotonic()))
