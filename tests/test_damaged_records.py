@@ -26,7 +26,7 @@ from taskfuture import DamagedRecordError, TaskFailedError, TaskService, TaskSta
 from taskfuture.backends.local_channel import WAITERS
 from taskfuture.backends.redis import RedisStorage
 from taskfuture.backends.sql import SQLStorage
-from taskfuture.models import RECORD_FIELDS, TaskRecord, checked_record
+from taskfuture.models import COUNTER_LIMIT, RECORD_FIELDS, TaskRecord, checked_record
 from test_hostile import pending_record
 
 from apptasks import register
@@ -391,3 +391,26 @@ def test_deep_stored_outcome_fails_the_future(make_service: ServiceFactory) -> N
         service.future(completed.task_id).result(timeout=15)
     with pytest.raises(TaskFailedError, match="not valid JSON"):
         service.future(failed.task_id).result(timeout=15)
+
+
+@pytest.mark.parametrize("value", [COUNTER_LIMIT, 2**63 - 1], ids=["int32 max", "int64 max"])
+def test_counters_at_their_limit_leave_the_queue_going(
+    make_service: ServiceFactory, value: int
+) -> None:
+    if value > COUNTER_LIMIT and make_service.engine not in LOOSE_TYPES:
+        pytest.skip(f"{make_service.engine} INTEGER columns cannot hold {value}")
+    service = make_service()
+    register(service)
+    at_limit = service.tasks["add"].submit(1, 1)
+    cancelled = service.tasks["add"].submit(2, 2)
+    damage(service, at_limit.task_id, version=value, attempts=value)
+    damage(service, cancelled.task_id, version=value)
+
+    assert cancelled.cancel()
+    make_service.worker(service, concurrency=2)
+    others = [service.tasks["add"].submit(index, 0) for index in range(20)]
+
+    assert [future.result(timeout=15) for future in others] == list(range(20))
+    concurrent.futures.wait([at_limit], timeout=15)
+    assert at_limit.done()
+    assert service.status(cancelled.task_id) is TaskStatus.CANCELLED

@@ -141,6 +141,20 @@ class TaskRecord:
 
 _STATUSES = {member.value: member for member in TaskStatus}
 
+#: Largest value of the version and attempts counters: the INTEGER columns of
+#: PostgreSQL and MariaDB hold no more.
+COUNTER_LIMIT = 2**31 - 1
+
+
+def next_version(version: int) -> int:
+    """Return the version after ``version``, wrapping to 1 at COUNTER_LIMIT.
+
+    Only a record changed by hand gets near the limit; wrapping keeps its
+    task claimable and failable instead of overflowing the column.
+    """
+    return version + 1 if 0 <= version < COUNTER_LIMIT else 1
+
+
 #: The stored fields of a record, in the order of TaskRecord's fields.
 RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(TaskRecord))[:-1]
 

@@ -15,7 +15,7 @@ from typing import Any
 from taskfuture.backends.base import ChangeListener, TaskStorage
 from taskfuture.config import Settings
 from taskfuture.errors import ConcurrentModificationError, ConfigurationError, TaskNotFoundError
-from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition
+from taskfuture.models import TRANSITION_FIELDS, TaskRecord, TaskStatus, Transition, next_version
 
 _STORES: dict[str, _Store] = {}
 _STORES_LOCK = threading.Lock()
@@ -39,7 +39,7 @@ def _store_for(dsn: str) -> _Store:
 def apply_transition(record: TaskRecord, change: Transition) -> None:
     """Apply ``change`` to ``record`` in place and bump its version."""
     record.status = change.status
-    record.version += 1
+    record.version = next_version(record.version)
     for field in TRANSITION_FIELDS:
         value = getattr(change, field)
         if value is not None:

@@ -47,12 +47,14 @@ from taskfuture.errors import (
     TaskNotFoundError,
 )
 from taskfuture.models import (
+    COUNTER_LIMIT,
     RECORD_FIELDS,
     TRANSITION_FIELDS,
     TaskRecord,
     TaskStatus,
     Transition,
     checked_record,
+    next_version,
 )
 
 if TYPE_CHECKING:
@@ -684,9 +686,11 @@ class SQLStorage(TaskStorage):
             {**parameters, "p_task_ids": [record.task_id for record in records]},
         )
         for record in records:
+            # The same rules as the UPDATE's, which has just run on these rows.
             record.status = TaskStatus.RUNNING
-            record.version += 1
-            record.attempts += 1
+            record.version = next_version(record.version)
+            if record.attempts < COUNTER_LIMIT:
+                record.attempts += 1
             record.started_at = parameters["p_now"]
             record.lease_until = parameters["p_lease_until"]
             record.worker_id = parameters["p_worker_id"]
@@ -990,19 +994,28 @@ class _Statements:
         self._transitions: dict[tuple[tuple[str, ...], bool], sa.UpdateBase] = {}
         self._batches: dict[tuple[str, ...], sa.UpdateBase] = {}
 
+    def _next_version(self) -> sa.ColumnElement[Any]:
+        """``version + 1``, or 1 for a hand-edited version that would overflow or is not a count.
+
+        The same rule as :func:`~taskfuture.models.next_version`. Without it one
+        record at the column's limit would fail every claim or batch it is in.
+        """
+        version = self.table.c.version
+        sane = sa.and_(version >= 0, version < COUNTER_LIMIT)
+        if self._dialect == "sqlite":
+            # A SQLite column takes any value: text or a REAL would defeat the
+            # compare-and-set that fails the task.
+            sane = sa.and_(sa.func.typeof(version) == "integer", sane)
+        return sa.case((sane, version + 1), else_=1)
+
     def _claim_values(self) -> dict[str, Any]:
         table = self.table
-        version: sa.ColumnElement[Any] = table.c.version + 1
-        if self._dialect == "sqlite":
-            # A SQLite column takes any value, and a hand-edited version that is not
-            # an integer would defeat the compare-and-set that fails the task.
-            version = sa.case(
-                (sa.func.typeof(table.c.version) == "integer", table.c.version + 1), else_=1
-            )
+        attempts = table.c.attempts
         return {
             "status": _RUNNING,
-            "version": version,
-            "attempts": table.c.attempts + 1,
+            "version": self._next_version(),
+            # At the limit the count stays: the task runs, and no retry follows.
+            "attempts": sa.case((attempts < COUNTER_LIMIT, attempts + 1), else_=attempts),
             "started_at": sa.bindparam("p_now"),
             "lease_until": sa.bindparam("p_lease_until"),
             "worker_id": sa.bindparam("p_worker_id"),
@@ -1091,7 +1104,7 @@ class _Statements:
         statement = (
             table.update()
             .where(table.c.id == batch.c.task_id, table.c.version == batch.c.expected_version)
-            .values(version=table.c.version + 1, **{key: batch.c[key] for key in keys})
+            .values(version=self._next_version(), **{key: batch.c[key] for key in keys})
             .returning(table.c.id)
         )
         self._batches[keys] = statement
@@ -1109,7 +1122,8 @@ class _Statements:
                     table.c.version == sa.bindparam("p_expected_version"),
                 )
                 .values(
-                    version=table.c.version + 1, **{key: sa.bindparam(f"p_{key}") for key in keys}
+                    version=self._next_version(),
+                    **{key: sa.bindparam(f"p_{key}") for key in keys},
                 )
             )
             if returning:
@@ -1134,7 +1148,7 @@ def _database_of(url: sa.URL) -> str | None:
 
 def _shows_change(record: TaskRecord, expected_version: int, values: dict[str, Any]) -> bool:
     """Return True if ``record`` is the result of applying ``values`` at ``expected_version``."""
-    if record.version != expected_version + 1 or record.status.value != values["status"]:
+    if record.version != next_version(expected_version) or record.status.value != values["status"]:
         return False
     fields = {"id": "task_id"}
     return all(
