@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from taskfuture import DamagedRecordError, TaskFailedError, TaskService, TaskStatus, Worker
+from taskfuture import future as future_module
 from taskfuture.backends.local_channel import WAITERS
 from taskfuture.backends.redis import RedisStorage
 from taskfuture.backends.sql import SQLStorage
@@ -414,3 +415,23 @@ def test_counters_at_their_limit_leave_the_queue_going(
     concurrent.futures.wait([at_limit], timeout=15)
     assert at_limit.done()
     assert service.status(cancelled.task_id) is TaskStatus.CANCELLED
+
+
+@on_loose_engines
+def test_record_no_process_can_fail_is_read_no_more(
+    make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Frequent full reads would show any read of the task after its future failed.
+    monkeypatch.setattr(future_module, "SAFETY_RECHECK_S", 0.02)
+    service = make_service()
+    register(service)
+    future = service.tasks["add"].submit(1, 1)
+    # A damaged status stops every claim and a damaged version every compare-and-set.
+    damage(service, future.task_id, status="?", version="v")
+
+    with pytest.raises(DamagedRecordError):
+        future.result(timeout=15)
+    queries = service.status_queries
+    time.sleep(0.3)
+
+    assert service.status_queries == queries

@@ -562,7 +562,8 @@ class Waiter:
             if self._uncommitted and task_id in found:
                 with self._lock:
                     self._uncommitted.pop(task_id, None)
-            for future in self._futures_of(task_id):
+            futures = self._futures_of(task_id)
+            for future in futures:
                 record = found.get(task_id)
                 try:
                     if record is None:
@@ -574,7 +575,13 @@ class Waiter:
                         self._service._apply(future, record)
                 except Exception:
                     logger.exception("Waiter failed to resolve task %s", task_id)
-            if task_id not in found or found[task_id].status.terminal:
+            # A future can end before its record does (a damaged record that no
+            # process could fail): reading it again would only repeat that.
+            if (
+                task_id not in found
+                or found[task_id].status.terminal
+                or all(future.done() for future in futures)
+            ):
                 self._forget(task_id)
 
     def _futures_of(self, task_id: str) -> list[TaskFuture[Any]]:
