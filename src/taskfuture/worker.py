@@ -465,7 +465,13 @@ class Worker:
     def _fail_now(
         self, record: TaskRecord, type_name: str, message: str, module: str = "builtins"
     ) -> None:
-        logger.error("Task %s (%s) failed before running: %s", record.task_id, record.name, message)
+        # The name may be anything that was stored: a hostile one must not flood the log.
+        logger.error(
+            "Task %s (%s) failed before running: %s",
+            record.task_id,
+            short_repr(record.name),
+            message,
+        )
         error = codec.make_error(module, type_name, message)
         change = self.service.finish_change(TaskStatus.FAILED, error=error)
         self._store_outcome(record, change)
