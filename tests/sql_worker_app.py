@@ -12,21 +12,10 @@ import time
 
 import sqlalchemy as sa
 
+from runs_table import runs_table
 from taskfuture import TaskService, current_context
 
 tasks = TaskService.from_env()
-
-
-def runs_table(name: str) -> sa.Table:
-    """Describe the side table: one row per run of a task."""
-    return sa.Table(
-        name,
-        sa.MetaData(),
-        sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("task_key", sa.Integer, nullable=False),
-        sa.Column("attempt", sa.Integer, nullable=False),
-        sa.Column("pid", sa.Integer, nullable=False),
-    )
 
 
 def _record_run(key: int) -> None:

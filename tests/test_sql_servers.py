@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
-from sql_worker_app import runs_table
+from runs_table import runs_table
 from taskfuture import StorageError, TaskNotFoundError, TaskService, TaskStatus, Worker
 from taskfuture.backends import sql_migrations
 from taskfuture.backends.sql import SQLStorage
