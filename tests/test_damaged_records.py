@@ -150,6 +150,8 @@ DAMAGE = {
     "text attempts": ({"attempts": "many"}, "attempts holds 'many'", True),
     "text available_at": ({"available_at": "soon"}, "available_at holds 'soon'", True),
     "blob payload": ({"payload": b"\x80\x81"}, "payload holds b'\\x80\\x81'", True),
+    "negative attempts": ({"attempts": -5}, "attempts holds", False),
+    "zero max_attempts": ({"max_attempts": 0}, "max_attempts holds", False),
 }
 
 
@@ -173,6 +175,8 @@ def test_damaged_record_fails_its_task_only(make_service: ServiceFactory, case: 
 
     assert named in str(caught.value)
     assert "failed without running" in str(caught.value)
+    if case == "negative attempts":
+        assert "not a count of 0 or more" in str(caught.value)
     assert service.tasks["add"].submit(2, 3).result(timeout=15) == 5
     stored = service.storage.get(damaged.task_id)
     assert stored is not None
@@ -360,7 +364,9 @@ def test_hostile_stream_entries_are_dropped(
         client.close()
 
 
-@pytest.mark.parametrize("version", ["4250197986769320.0", "1e3", "-4", "9" * 40])
+@pytest.mark.parametrize(
+    "version", ["4250197986769320.0", "1e3", "-4", "9" * 40, "99999999999999", "123456789012345"]
+)
 @on_loose_engines
 def test_odd_version_is_claimed_and_ends(make_service: ServiceFactory, version: str) -> None:
     service = make_service()
@@ -435,3 +441,25 @@ def test_record_no_process_can_fail_is_read_no_more(
     time.sleep(0.3)
 
     assert service.status_queries == queries
+
+
+@pytest.mark.parametrize(
+    "value", [COUNTER_LIMIT, -1, -COUNTER_LIMIT - 1], ids=["int32 max", "minus one", "int32 min"]
+)
+def test_cancel_after_version_edit_stays_cancelled(
+    make_service: ServiceFactory, wait_for: WaitFor, value: int
+) -> None:
+    service = make_service()
+    register(service)
+    worker = make_service.worker(service, concurrency=1)
+    future = service.tasks["sleep"].submit(0.5)
+    wait_for(lambda: service.status(future.task_id) is TaskStatus.RUNNING, 15)
+    # The running worker holds a small version; the edit and the cancel move the
+    # stored one away from it, and must never bring it back to the held one.
+    damage(service, future.task_id, version=value)
+
+    assert future.cancel()
+
+    wait_for(lambda: worker.counts["COMPLETED"] + len(worker._running_ids()) == 0, 15)
+    assert service.status(future.task_id) is TaskStatus.CANCELLED
+    assert service.future(future.task_id).cancelled()

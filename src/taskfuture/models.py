@@ -110,7 +110,7 @@ class TaskRecord:
 
     @property
     def sound(self) -> bool:
-        """Whether every field holds a value of its type and a RUNNING task has a lease.
+        """Whether every field holds a value of its type and range, and a RUNNING task has a lease.
 
         Backends check it on every read and pass a record that fails it to
         :func:`checked_record`. Plain comparisons keep it cheap on that path.
@@ -119,6 +119,8 @@ class TaskRecord:
             type(self.version) is int
             and type(self.attempts) is int
             and type(self.max_attempts) is int
+            and self.attempts >= 0
+            and self.max_attempts >= 1
             and type(self.created_at) is float
             and type(self.available_at) is float
             and type(self.name) is str
@@ -146,13 +148,20 @@ _STATUSES = {member.value: member for member in TaskStatus}
 COUNTER_LIMIT = 2**31 - 1
 
 
-def next_version(version: int) -> int:
-    """Return the version after ``version``, wrapping to 1 at COUNTER_LIMIT.
+#: The version of a record whose stored version is not an integer; no
+#: compare-and-set can match it.
+UNKNOWN_VERSION = -(2**63)
 
-    Only a record changed by hand gets near the limit; wrapping keeps its
-    task claimable and failable instead of overflowing the column.
+
+def next_version(version: int) -> int:
+    """Return the version after ``version``, wrapping to ``-COUNTER_LIMIT`` at the limit.
+
+    Only a record changed by hand gets near the limit. Wrapping keeps its task
+    claimable and failable instead of overflowing the column, and wrapping to
+    the far end of the range, not to a small number, keeps the versions that
+    workers and callers hold from matching again.
     """
-    return version + 1 if 0 <= version < COUNTER_LIMIT else 1
+    return version + 1 if UNKNOWN_VERSION < version < COUNTER_LIMIT else -COUNTER_LIMIT
 
 
 #: The stored fields of a record, in the order of TaskRecord's fields.
@@ -179,6 +188,20 @@ def _as_int(value: object) -> int:
     raise ValueError("an integer")
 
 
+def _as_count(value: object) -> int:
+    number = _as_int(value)
+    if number < 0:
+        raise ValueError("a count of 0 or more")
+    return number
+
+
+def _as_limit(value: object) -> int:
+    number = _as_int(value)
+    if number < 1:
+        raise ValueError("a number of 1 or more")
+    return number
+
+
 def _as_float(value: object) -> float:
     if type(value) in (int, float) or isinstance(value, str):
         try:
@@ -201,9 +224,9 @@ _REQUIRED: dict[str, tuple[Any, Any]] = {
     "name": (_as_text, ""),
     "queue": (_as_text, ""),
     "payload": (_as_text, ""),
-    "version": (_as_int, -1),
-    "attempts": (_as_int, 0),
-    "max_attempts": (_as_int, 1),
+    "version": (_as_int, UNKNOWN_VERSION),
+    "attempts": (_as_count, 0),
+    "max_attempts": (_as_limit, 1),
     "created_at": (_as_float, 0.0),
     "available_at": (_as_float, 0.0),
 }

@@ -23,7 +23,14 @@ from taskfuture.errors import (
     UnknownTaskError,
 )
 from taskfuture.future import TaskFuture, Waiter
-from taskfuture.models import TaskRecord, TaskStatus, Transition, new_task_id, normalize_task_id
+from taskfuture.models import (
+    UNKNOWN_VERSION,
+    TaskRecord,
+    TaskStatus,
+    Transition,
+    new_task_id,
+    normalize_task_id,
+)
 from taskfuture.remote import exception_key, rebuild_exception
 
 logger = logging.getLogger(__name__)
@@ -575,7 +582,7 @@ class TaskService:
             # task and no compare-and-set can fail it: only then is the future
             # failed without a stored outcome.
             if self.fail_damaged(record) or (
-                record.version < 0 and record.damage.startswith("status ")
+                record.version == UNKNOWN_VERSION and record.damage.startswith("status ")
             ):
                 error = rebuild_exception(record.task_id, self.damage_error(record), {})
                 future._set_outcome(TaskStatus.FAILED, error=error)

@@ -13,6 +13,8 @@ so no precision is lost to Lua's number formatting.
 
 from __future__ import annotations
 
+from taskfuture.models import COUNTER_LIMIT
+
 #: Consumer group that every worker reads each queue stream through.
 GROUP = "taskfuture"
 
@@ -39,14 +41,30 @@ local function ensure_queue(queue)
   return stream
 end
 
--- The value of a counter field, or 0 for a value taskfuture never writes there
--- (a hand edit), so that the claiming worker can still fail the task by
--- compare-and-set. Fifteen digits keep it exact in Lua's numbers.
-local function counter(value)
-  if value and #value <= 15 and string.match(value, '^%d+$') then
-    return tonumber(value)
+-- Counters up to this many digits stay exact and print without an exponent
+-- in Lua's numbers, and they cover the INTEGER range of the SQL engines.
+local COUNTER_DIGITS = 10
+
+-- The attempts after a stored count. A value that is not an integer (a hand
+-- edit) restarts at 1; a negative one goes on, and the worker fails the task.
+local function next_attempts(value)
+  if value and #value <= COUNTER_DIGITS + 1 and string.match(value, '^-?%d+$') then
+    return tonumber(value) + 1
   end
-  return 0
+  return 1
+end
+
+-- The version after a stored one, with the SQL engines' rule: past the INTEGER
+-- limit, or for a value that is not an integer, it wraps to -limit, which no
+-- worker or caller holds.
+local function next_version(value)
+  if value and #value <= COUNTER_DIGITS + 1 and string.match(value, '^-?%d+$') then
+    local number = tonumber(value)
+    if number < __COUNTER_LIMIT__ then
+      return number + 1
+    end
+  end
+  return -__COUNTER_LIMIT__
 end
 
 -- Append a stream entry for task `id` and return the entry id.
@@ -61,7 +79,7 @@ local function drop_entry(queue, entry)
   redis.call('XDEL', stream, entry)
 end
 
-""".replace("__GROUP__", GROUP)
+""".replace("__GROUP__", GROUP).replace("__COUNTER_LIMIT__", str(COUNTER_LIMIT))
 
 #: Helpers of the scripts that wait for work: group cursors and the next delayed time.
 _CURSOR_HELPERS = """
@@ -313,8 +331,8 @@ for position = 6, #ARGV do
         local key = task_key(id)
         redis.call('HSET', key, 'status', 'RUNNING', 'started_at', now,
           'lease_until', lease_until, 'worker_id', consumer, 'id', id,
-          'version', tostring(counter(state[3]) + 1),
-          'attempts', tostring(counter(state[4]) + 1))
+          'version', tostring(next_version(state[3])),
+          'attempts', tostring(next_attempts(state[4])))
         redis.call('ZADD', KEYS[2], lease_until, id)
         claimed[#claimed + 1] = redis.call('HGETALL', key)
         remaining = remaining - 1

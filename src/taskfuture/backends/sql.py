@@ -995,18 +995,18 @@ class _Statements:
         self._batches: dict[tuple[str, ...], sa.UpdateBase] = {}
 
     def _next_version(self) -> sa.ColumnElement[Any]:
-        """``version + 1``, or 1 for a hand-edited version that would overflow or is not a count.
+        """``version + 1``, wrapping to ``-COUNTER_LIMIT`` where that would overflow.
 
         The same rule as :func:`~taskfuture.models.next_version`. Without it one
         record at the column's limit would fail every claim or batch it is in.
         """
         version = self.table.c.version
-        sane = sa.and_(version >= 0, version < COUNTER_LIMIT)
+        sane: sa.ColumnElement[bool] = version < COUNTER_LIMIT
         if self._dialect == "sqlite":
             # A SQLite column takes any value: text or a REAL would defeat the
             # compare-and-set that fails the task.
             sane = sa.and_(sa.func.typeof(version) == "integer", sane)
-        return sa.case((sane, version + 1), else_=1)
+        return sa.case((sane, version + 1), else_=-COUNTER_LIMIT)
 
     def _claim_values(self) -> dict[str, Any]:
         table = self.table
