@@ -178,13 +178,20 @@ class Worker:
     def _wait_for_storage(self) -> bool:
         """Set up the storage, retrying while it fails; return False if stopped first."""
         pause = self.settings.poll_interval_s
+        started = time.monotonic()
+        tries = 0
         while True:
+            tries += 1
             try:
                 self.storage.setup()
             except StorageError as exc:
+                # The count and the time tell an operator a typo in the DSN from a slow start.
                 logger.error(
-                    "Worker %s cannot set up its storage: %s; retrying in %.1f s",
+                    "Worker %s cannot set up its storage (try %d, %.0f s so far): %s; "
+                    "retrying in %.1f s",
                     self.worker_id,
+                    tries,
+                    time.monotonic() - started,
                     exc,
                     pause,
                 )
