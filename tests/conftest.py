@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +72,19 @@ def engine_dsn(engine: str, tmp_path: Path) -> str:
     dsn = ENGINE_DSNS[engine]
     assert dsn is not None
     return dsn
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], grace_s: float = 15) -> None:
+    """Send SIGTERM to each running process, then kill those still alive after ``grace_s``."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def unique_table() -> str:

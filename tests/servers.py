@@ -79,6 +79,13 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return f"(no log at {path})"
 
 
+def create_data_folder(command: list[str], timeout_s: float) -> None:
+    """Run a server's set-up program, such as initdb, raising CalledProcessError if it fails."""
+    subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s, check=True
+    )
+
+
 class PrivateServer:
     """The operations every private server offers; see the module docstring."""
 
@@ -279,13 +286,7 @@ class PrivatePostgres(PrivateServer):
         if created:
             command = [*self.run_as, self.initdb, "-D", str(self.data), "-A", "trust"]
             command += ["-U", "postgres", "--no-sync", "-E", "UTF8"]
-            subprocess.run(
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=60,
-                check=True,
-            )
+            create_data_folder(command, timeout_s=60)
         options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._pg_ctl(
             "-o", options, "-l", str(self.log), "-t", str(int(START_TIMEOUT_S)), "-w", "start"
@@ -357,13 +358,7 @@ class PrivateMariaDB(PrivateServer):
         if created:
             install = [self.install_binary, "--no-defaults", f"--datadir={self.data}"]
             install += ["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"]
-            subprocess.run(
-                install,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=120,
-                check=True,
-            )
+            create_data_folder(install, timeout_s=120)
         command = [self.server_binary, "--no-defaults", f"--datadir={self.data}", "--user=root"]
         command += [f"--port={self.port}", "--bind-address=127.0.0.1"]
         command += [f"--socket={self.folder / 'mariadb.sock'}", f"--pid-file={self.folder / 'pid'}"]

@@ -424,7 +424,7 @@ def test_counters_at_their_limit_leave_the_queue_going(
 
 
 @on_loose_engines
-def test_record_no_process_can_fail_is_read_no_more(
+def test_unfixable_record_not_read_again(
     make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Frequent full reads would show any read of the task after its future failed.
@@ -454,8 +454,8 @@ def test_cancel_after_version_edit_stays_cancelled(
     worker = make_service.worker(service, concurrency=1)
     future = service.tasks["sleep"].submit(0.5)
     wait_for(lambda: service.status(future.task_id) is TaskStatus.RUNNING, 15)
-    # The running worker holds a small version; the edit and the cancel move the
-    # stored one away from it, and must never bring it back to the held one.
+    # The running worker has a small version from its claim. The edit and the cancel
+    # move the stored version away, and must never bring it back to the worker's.
     damage(service, future.task_id, version=value)
 
     assert future.cancel()

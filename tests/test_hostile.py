@@ -282,7 +282,7 @@ def test_failed_tombstone_lookup_keeps_waiting(monkeypatch: pytest.MonkeyPatch) 
     assert len(lookups) >= 2
 
 
-def test_lost_claim_taken_again_by_same_worker_runs_once() -> None:
+def test_reclaimed_running_task_runs_once() -> None:
     service = TaskService(f"memory://{new_task_id()}", poll_interval_s=0.01)
     started = threading.Event()
     release = threading.Event()

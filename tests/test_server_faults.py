@@ -38,7 +38,7 @@ from taskfuture.backends.sql import SQLStorage
 from taskfuture.errors import TaskTimeoutError
 
 from apptasks import register
-from conftest import TESTS, unique_table
+from conftest import TESTS, stop_processes, unique_table
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ DOWN_S = 1.0
 NO_HANG_S = 20.0
 #: A short connect timeout, so that a submit to a dead server fails fast.
 CONNECT_TIMEOUT_S = 1.0
-#: Lease of the worker subprocesses. A claim whose reply was lost holds its
+#: Lease of the worker subprocesses. A claim whose reply was lost keeps its
 #: task until the lease runs out, so a short lease keeps the tests short.
 LEASE_S = 5.0
 #: Attempts per task: a run lost to a fault counts as one.
@@ -260,15 +260,7 @@ class Workload:
         return []
 
     def close(self) -> None:
-        for process in self.workers:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.workers:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_processes(self.workers)
         if self.services:
             storage = self.services[0].storage
             assert isinstance(storage, SQLStorage | RedisStorage)
@@ -510,9 +502,7 @@ def test_workers_outlive_crashes_and_dropped_connections(
     assert all(worker.poll() is None for worker in workers), workload.dead_workers()
 
 
-def test_worker_started_while_down_waits_for_the_server(
-    server: PrivateServer, workload: Workload
-) -> None:
+def test_worker_waits_for_down_server(server: PrivateServer, workload: Workload) -> None:
     service = workload.service()
     server.kill()
     try:
@@ -539,7 +529,7 @@ def test_worker_started_while_down_waits_for_the_server(
 # -- waits ------------------------------------------------------------------------------------
 
 
-def test_wait_times_out_while_down_then_resolves(
+def test_wait_times_out_then_resolves(
     server: PrivateServer, workload: Workload, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only a push, a resubscribe's re-read or the MariaDB poll may resolve a

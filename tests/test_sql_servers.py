@@ -35,7 +35,14 @@ from taskfuture.cli import main
 from taskfuture.errors import ConfigurationError
 
 from apptasks import register
-from conftest import ENGINE_DSNS, TESTS, ServiceFactory, require_engine, unique_table
+from conftest import (
+    ENGINE_DSNS,
+    TESTS,
+    ServiceFactory,
+    require_engine,
+    stop_processes,
+    unique_table,
+)
 
 SERVERS = ["postgresql", "mariadb"]
 WORKER_COMMAND = [sys.executable, "-m", "taskfuture", "worker", "--app", "sql_worker_app:tasks"]
@@ -135,15 +142,7 @@ class Server:
             return killed
 
     def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
         for service in self.services:
             with contextlib.suppress(Exception):
                 service.storage.drop()  # type: ignore[attr-defined]

@@ -70,11 +70,11 @@ def _to_json(value: Any, path: str, active: set[int]) -> Any:
 
 
 def _check_depth(path: str, active: set[int]) -> None:
-    """Refuse a container that would sit deeper than MAX_DEPTH; ``active`` holds its parents."""
+    """Raise TypeError for a container deeper than MAX_DEPTH; ``active`` contains its parents."""
     if len(active) >= MAX_DEPTH:
-        shown = path if len(path) <= 80 else f"{path[:60]}...{path[-17:]}"
+        short_path = path if len(path) <= 80 else f"{path[:60]}...{path[-17:]}"
         raise TypeError(
-            f"cannot encode {shown}: it is nested more than {MAX_DEPTH} levels deep; "
+            f"cannot encode {short_path}: it is nested more than {MAX_DEPTH} levels deep; "
             "flatten the value or pass a reference to where the data is kept"
         )
 

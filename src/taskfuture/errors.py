@@ -129,7 +129,7 @@ class TaskFailedError(TaskFutureError):
 
 
 class DamagedRecordError(TaskFailedError):
-    """The stored record holds values taskfuture never writes, so the task never ran.
+    """The stored record contains values taskfuture never writes, so the task never ran.
 
     Something other than taskfuture changed the record: a hand edit, a script
     or a bad migration. The message names each bad field and what it held.

@@ -247,7 +247,7 @@ def checked_record(task_id: str, fields: Mapping[str, Any]) -> TaskRecord:
 
     Backends call it when a stored record fails their fast decoding. Such a
     record was written by something other than taskfuture, such as a hand edit
-    or a bad migration; it must fail its own task with a clear error and never
+    or a bad migration. It must fail its own task with a clear error, and never
     stop a worker or a waiter.
     A field that is missing or holds a value of the wrong type is replaced by a
     harmless one (an unknown status reads as PENDING, so the task gets failed),

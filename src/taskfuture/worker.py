@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: Attempts to store an outcome while the engine fails, and the pause between them.
 FINISH_RETRIES = 5
 FINISH_RETRY_PAUSE_S = 0.5
-#: Longest pause between tries to set up an engine that cannot be reached at start.
+#: Maximum pause between tries to set up an engine that is unreachable at start.
 MAX_SETUP_PAUSE_S = 5.0
 
 

@@ -146,10 +146,12 @@ def _record(row: Sequence[Any]) -> TaskRecord:
     try:
         record = TaskRecord(row[0], row[1], row[2], TaskStatus(row[3]), *row[4:])
     except ValueError:
-        return checked_record(str(row[0]), dict(zip(RECORD_FIELDS, row, strict=True)))
-    if record.sound:
-        return record
-    # Only SQLite lets a column hold a value of another type.
+        pass
+    else:
+        if record.sound:
+            return record
+    # An unknown status, a value of another type (possible on SQLite only), a
+    # counter out of range or a RUNNING task without a lease.
     return checked_record(str(row[0]), dict(zip(RECORD_FIELDS, row, strict=True)))
 
 
