@@ -74,7 +74,7 @@ def code_state() -> dict[str, Any]:
         completed = subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
         )
-        return completed.stdout.strip()
+        return completed.stdout.rstrip()
 
     changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
     return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_src": changed}
